@@ -1,0 +1,61 @@
+"""The package's one exception root, and the closed set of error types a failed run carries.
+
+A strategy's failure is data (a `RunError` inside a failed job), an infrastructure failure is
+an exception (`SandboxError`), translated from docker-py's errors at the sandbox boundary.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorType(StrEnum):
+    """Why a run failed (CONTRACT.md section 2). Decided by the host, never by the strategy."""
+
+    SYNTAX_ERROR = "syntax_error"  # the code does not compile; found before any container
+    RUNTIME_ERROR = "runtime_error"  # the strategy raised, or defines no usable Strategy
+    DATA_ERROR = "data_error"  # no data, too few bars, or a malformed data file
+    TIMEOUT = "timeout"  # the host's clock passed the limit; the container was killed
+    MEMORY_LIMIT = "memory_limit"  # the kernel OOM-killed the container
+    CRASHED = "crashed"  # the process died without a result (signal, os._exit, segfault)
+    RESULT_INVALID = "result_invalid"  # the result handed back is oversized or breaks the schema
+    SANDBOX_ERROR = "sandbox_error"  # infrastructure: no daemon, no image, no container
+    UNSUPPORTED_LANGUAGE = "unsupported_language"  # accepted by the schema, not runnable
+
+
+class BacktestSandboxError(Exception):
+    """Root of every exception this package raises on purpose."""
+
+
+class SandboxError(BacktestSandboxError):
+    """The sandbox infrastructure failed: Docker unreachable, image missing, start refused."""
+
+
+class ImageBuildError(SandboxError):
+    """The runner image could not be built."""
+
+
+class DataError(BacktestSandboxError):
+    """Market data is missing or malformed; the message names the file and the row."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class InvalidRequest(BacktestSandboxError):
+    """A caller's argument breaks a rule; the message names the field and the rule."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+class NotFound(BacktestSandboxError):
+    """No backtest with this id is visible to the caller."""
+
+    def __init__(self, backtest_id: str) -> None:
+        super().__init__(f"backtest_id: no backtest {backtest_id!r}")
+        self.backtest_id = backtest_id

@@ -1,0 +1,240 @@
+"""The only module that runs containers: the hardened container spec, start, wait, kill, reap.
+
+docker-py's and requests' errors are caught here and re-raised as `SandboxError`, so the rest
+of the package never sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.types import LogConfig, Mount, Ulimit
+
+from .errors import SandboxError
+from .rundir import RunDir
+from .settings import Settings
+
+LABEL_PROJECT = "io.backtest-sandbox"  # on every container we start: how orphans are found
+LABEL_RUN = "io.backtest-sandbox.run"  # the backtest id the container serves
+LABEL_OWNER = "io.backtest-sandbox.owner"  # the host process that started it
+
+# Only these variables reach the sandbox; the host's environment (tokens, paths) never does.
+SANDBOX_ENVIRONMENT = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "OPENBLAS_NUM_THREADS": "1",  # BLAS thread pools would eat the pids limit
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+}
+
+
+def process_owner_id() -> str:
+    """Identifies this host process, so that restarts can tell its containers from others'."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def docker_client(timeout: float = 30.0) -> docker.DockerClient:
+    """A client for the daemon that DOCKER_HOST (or the default socket) names.
+
+    Raises:
+        SandboxError: the daemon cannot be reached.
+    """
+    try:
+        client = docker.from_env(version="auto", timeout=int(timeout))
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise SandboxError(f"Docker daemon unreachable: {e}") from e
+    return client
+
+
+@dataclass(frozen=True)
+class ExitState:
+    """What Docker saw of a container that has stopped."""
+
+    exit_code: int
+    oom_killed: bool
+
+
+class Sandbox:
+    """Starts and controls hardened single-use containers from the runner image."""
+
+    def __init__(self, settings: Settings, client: docker.DockerClient, image: str) -> None:
+        self.settings = settings
+        self.client = client
+        self.image = image
+        self.runtime = self._choose_runtime()
+        self.owner = process_owner_id()
+
+    def _choose_runtime(self) -> str | None:
+        """The OCI runtime to ask for: None for the daemon's default (runc)."""
+        if self.settings.runtime == "runc":
+            return None
+        available = set(self._call(self.client.info).get("Runtimes", {}))
+        if "runsc" in available:
+            return "runsc"
+        if self.settings.runtime == "runsc":
+            raise SandboxError(
+                "BACKTEST_RUNTIME=runsc but the daemon has no runsc runtime; "
+                "see `backtest-sandbox doctor`"
+            )
+        return None
+
+    def container_spec(
+        self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Every hardening default, in one place (DESIGN.md "Container defaults").
+
+        `command` replaces the image's (the harness) only for the host's own probes.
+        """
+        s = self.settings
+        security_opt = ["no-new-privileges:true"]  # setuid binaries cannot raise privileges
+        if s.seccomp_profile is not None:  # else Docker's default profile applies
+            security_opt.append(f"seccomp={s.seccomp_profile.read_text()}")
+        spec: dict[str, Any] = {
+            "image": self.image,
+            "user": f"{s.sandbox_uid}:{s.sandbox_uid}",  # never root inside
+            "network_mode": "none",  # no interface but loopback
+            "read_only": True,  # the image cannot be changed
+            "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={s.tmpfs_mb}m,mode=1777"},
+            "shm_size": f"{s.tmpfs_mb}m",  # /dev/shm is a tmpfs too; cap it the same
+            "ipc_mode": "private",
+            "cap_drop": ["ALL"],  # no capability at all, not even CHOWN or NET_RAW
+            "security_opt": security_opt,
+            "pids_limit": s.pids_limit,  # fork and thread bombs stop here
+            "mem_limit": f"{memory_mb}m",
+            "memswap_limit": f"{memory_mb}m",  # equal to memory: no swap to hide in
+            "oom_score_adj": 1000,  # if the host runs short, the sandbox dies first
+            "nano_cpus": int(s.cpus * 1e9),
+            "ulimits": [
+                Ulimit(name="nofile", soft=s.nofile, hard=s.nofile),
+                Ulimit(name="fsize", soft=s.fsize_mb << 20, hard=s.fsize_mb << 20),
+                Ulimit(name="core", soft=0, hard=0),  # no core dumps of hostile memory
+            ],
+            "init": True,  # docker-init as PID 1 forwards signals and reaps zombies
+            "environment": dict(SANDBOX_ENVIRONMENT),
+            "mounts": [
+                Mount("/job", str(run_dir.input_dir), type="bind", read_only=True),
+                Mount("/out", str(run_dir.output_dir), type="bind", read_only=False),
+            ],
+            "labels": {LABEL_PROJECT: "1", LABEL_RUN: backtest_id, LABEL_OWNER: self.owner},
+            "hostname": "sandbox",
+            # The json-file log is on the host's disk: cap it so an output flood cannot fill it.
+            "log_config": LogConfig(
+                type="json-file", config={"max-size": f"{s.log_cap_bytes * 4}", "max-file": "1"}
+            ),
+            "detach": True,
+        }
+        if command is not None:
+            spec["command"] = command
+        if self.runtime is not None:
+            spec["runtime"] = self.runtime
+        return spec
+
+    def start(
+        self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None
+    ) -> Container:
+        """Create and start one container. The caller must `remove` it, whatever happens.
+
+        Raises:
+            SandboxError: the image is missing or the daemon refused the container.
+        """
+        spec = self.container_spec(run_dir, memory_mb, backtest_id, command)
+        container: Container = self._call(self.client.containers.create, **spec)
+        try:
+            self._call(container.start)
+        except SandboxError:
+            self.remove(container)
+            raise
+        return container
+
+    def wait(self, container: Container, timeout: float) -> int | None:
+        """The exit code once the container stops, or None if it still runs after `timeout`."""
+        try:
+            response = container.wait(timeout=max(timeout, 0.01))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            return None
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"waiting for container {container.short_id}: {e}") from e
+        return int(response["StatusCode"])
+
+    def kill(self, container: Container, signal: str = "SIGKILL") -> None:
+        """Send a signal; a container that already stopped is not an error."""
+        try:
+            container.kill(signal=signal)
+        except docker.errors.APIError as e:
+            if e.status_code not in (404, 409):  # gone, or not running any more
+                raise SandboxError(f"killing container {container.short_id}: {e}") from e
+
+    def exit_state(self, container: Container) -> ExitState:
+        """The exit code and the OOM flag, read from Docker's own record of the container."""
+        self._call(container.reload)
+        state = container.attrs["State"]
+        return ExitState(exit_code=int(state["ExitCode"]), oom_killed=bool(state["OOMKilled"]))
+
+    def logs(self, container: Container) -> bytes:
+        """stdout and stderr, interleaved; bounded by the json-file log cap."""
+        data: bytes = self._call(container.logs, stdout=True, stderr=True)
+        return data
+
+    def remove(self, container: Container) -> None:
+        """Force-remove the container (killing it if needed); already gone is fine."""
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409 or "already in progress" not in str(e):
+                raise SandboxError(f"removing container {container.short_id}: {e}") from e
+
+    def labelled_containers(self) -> list[Container]:
+        """Every container of this project on the daemon, running or not."""
+        found: list[Container] = self._call(
+            self.client.containers.list, all=True, filters={"label": LABEL_PROJECT}
+        )
+        return found
+
+    def remove_orphans(self, keep: set[str] | None = None) -> int:
+        """Remove this project's containers except the ids in `keep`; returns how many."""
+        removed = 0
+        for container in self.labelled_containers():
+            if keep and container.id in keep:
+                continue
+            self.remove(container)
+            removed += 1
+        return removed
+
+    @contextmanager
+    def running(
+        self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None
+    ) -> Iterator[Container]:
+        """A started container that is removed when the block ends, however it ends."""
+        container = self.start(run_dir, memory_mb, backtest_id, command)
+        try:
+            yield container
+        finally:
+            self.remove(container)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.ImageNotFound as e:
+            raise SandboxError(
+                f"runner image missing ({e.explanation}); run `backtest-sandbox build-image`"
+            ) from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise SandboxError(f"Docker: {e}") from e
+

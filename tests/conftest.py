@@ -1,0 +1,125 @@
+"""Shared fixtures. Docker test modules declare `pytestmark = DOCKER`: the real daemon and the
+real runner image, and when either is missing they fail, never skip, so CI cannot go green
+without the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(
+    os.environ.get("BACKTEST_SHARED_DATA", REPO.parent / "shared" / "data" / "backtrader")
+)
+LABEL = "io.backtest-sandbox"
+DOCKER = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
+
+# The catalog every docker test reads: real bars from ../shared/data/backtrader/.
+CATALOG_FILES = {
+    ("ORCL", "D1"): "orcl-1995-2014.txt",
+    ("NVDA", "D1"): "nvda-1999-2014.txt",
+    ("YHOO", "D1"): "yhoo-1996-2014.txt",
+    ("IDX", "D1"): "2006-day-001.txt",
+    ("IDX", "W1"): "2006-week-001.txt",
+    ("IDX", "M5"): "2006-min-005.txt",
+}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A catalog holding the shared files, imported through the real `data import` path."""
+    from backtest_sandbox.catalog import import_file
+
+    from backtest_sandbox.timeframes import Timeframe
+
+    root = tmp_path_factory.mktemp("catalog")
+    for (symbol, timeframe), name in CATALOG_FILES.items():
+        import_file(SHARED_DATA / name, symbol, Timeframe.parse(timeframe), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> Iterator[None]:
+    """The daemon and the runner image, or a failure that says which is missing.
+
+    At the end of the session, no container of this project may be left.
+    """
+    from backtest_sandbox import image
+    from backtest_sandbox.errors import SandboxError
+    from backtest_sandbox.sandbox import docker_client
+    from backtest_sandbox.settings import Settings
+
+    try:
+        client = docker_client()
+    except SandboxError as e:
+        pytest.fail(f"docker tests need the Docker daemon: {e}", pytrace=False)
+    if not image.image_present(client, Settings()):
+        pytest.fail(
+            f"docker tests need the runner image {image.expected_tag(Settings())}: "
+            "run `make image`",
+            pytrace=False,
+        )
+    yield
+    left = client.containers.list(all=True, filters={"label": LABEL})
+    for container in left:
+        container.remove(force=True)
+    client.close()
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+def labelled_containers() -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.split()
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.stdout))
+
+
+@pytest.fixture
+def cli(data_dir: Path, tmp_path: Path) -> Any:
+    """Runs `backtest-sandbox` as users do, in a subprocess, with the test catalog."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
+        full_env = {
+            **os.environ,
+            "BACKTEST_DATA_DIR": str(data_dir),
+            "BACKTEST_STATE_DIR": str(tmp_path / "state"),
+            **(env or {}),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "backtest_sandbox", *args],
+            capture_output=True, text=True, env=full_env, timeout=timeout,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
+def write_strategy(tmp_path: Path) -> Any:
+    def write(code: str, name: str = "strategy.py") -> Path:
+        path = tmp_path / name
+        path.write_text(code)
+        return path
+
+    return write
+

@@ -1,0 +1,149 @@
+"""Every verdict through `backtest-sandbox run --json`, against the real daemon and image."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import DOCKER, labelled_containers
+
+pytestmark = DOCKER
+
+RANGE = ["--symbol", "IDX", "--timeframe", "D1", "--start", "2006-01-01", "--end", "2006-12-31"]
+
+SMA_CROSS = """
+import backtrader as bt
+
+class SmaCross(bt.Strategy):
+    params = (("fast", 5), ("slow", 20))
+
+    def __init__(self):
+        fast, slow = bt.ind.SMA(period=self.p.fast), bt.ind.SMA(period=self.p.slow)
+        self.cross = bt.ind.CrossOver(fast, slow)
+
+    def next(self):
+        if not self.position and self.cross > 0:
+            self.buy()
+        elif self.position and self.cross < 0:
+            self.close()
+"""
+
+
+def strategy_with(body: str, imports: str = "") -> str:
+    """A strategy whose `next` runs `body` on the first bar."""
+    indented = "\n".join("        " + line for line in body.strip().splitlines())
+    header = f"import backtrader as bt\n{imports}\n\n"
+    return header + f"class S(bt.Strategy):\n    def next(self):\n{indented}\n"
+
+
+def test_valid_strategy_completes_with_metrics(cli, write_strategy):
+    before = labelled_containers()
+    run = cli("run", str(write_strategy(SMA_CROSS)), *RANGE, "--json")
+    assert run.code == 0, run.stderr
+    status = run.status
+    assert status["status"] == "completed"
+    assert status["error"] is None
+    result = status["result"]
+    assert result["data"]["bars"] == 255
+    assert len(result["equity_curve"]) == 255
+    assert result["metrics"]["total_trades"] == len(result["trade_log"]) > 0
+    assert result["metrics"]["final_value"] == pytest.approx(result["equity_curve"][-1]["value"])
+    assert labelled_containers() == before
+
+
+def test_syntax_error_needs_no_container(cli, write_strategy):
+    run = cli(
+        "run", str(write_strategy("import backtrader as bt\ndef broken(:\n")), *RANGE, "--json",
+        env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"},  # proves no daemon was needed
+    )
+    assert run.code == 3, run.stderr
+    error = run.status["error"]
+    assert error["type"] == "syntax_error"
+    assert error["details"]["line"] == 2
+    assert error["details"]["column"] >= 1
+
+
+def test_raising_strategy_is_runtime_error(cli, write_strategy):
+    run = cli("run", str(write_strategy(strategy_with("x = 1 / 0"))), *RANGE, "--json")
+    assert run.code == 3, run.stderr
+    error = run.status["error"]
+    assert error["type"] == "runtime_error"
+    assert error["details"]["exception_type"] == "ZeroDivisionError"
+    assert "strategy.py" in error["details"]["traceback"]
+    assert "harness" not in error["details"]["traceback"]
+
+
+def test_busy_loop_times_out_near_the_limit(cli, write_strategy):
+    started = time.monotonic()
+    run = cli("run", str(write_strategy(strategy_with("while True: pass"))), *RANGE,
+              "--timeout", "3", "--json")
+    elapsed = time.monotonic() - started
+    assert run.code == 3, run.stderr
+    assert run.status["error"]["type"] == "timeout"
+    assert elapsed < 3 + 6, f"took {elapsed:.1f} s for a 3 s limit"
+
+
+def test_sigterm_ignoring_strategy_is_killed_all_the_same(cli, write_strategy):
+    code = strategy_with(
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass", imports="import signal"
+    )
+    started = time.monotonic()
+    run = cli("run", str(write_strategy(code)), *RANGE, "--timeout", "3", "--json")
+    assert run.code == 3, run.stderr
+    assert run.status["error"]["type"] == "timeout"
+    assert time.monotonic() - started < 3 + 6
+
+
+def test_memory_bomb_is_memory_limit(cli, write_strategy):
+    code = strategy_with("hoard = []\nwhile True: hoard.append(bytearray(8 << 20))")
+    run = cli("run", str(write_strategy(code)), *RANGE, "--memory-mb", "256", "--json")
+    assert run.code == 3, run.stderr
+    assert run.status["error"]["type"] == "memory_limit"
+
+
+@pytest.mark.parametrize(
+    "body,imports",
+    [
+        pytest.param("os._exit(0)", "import os", id="os._exit(0)"),
+        pytest.param("os._exit(137)", "import os", id="os._exit(137)"),
+        pytest.param("os._exit(124)", "import os", id="os._exit(124)"),
+        pytest.param("ctypes.string_at(0)", "import ctypes", id="segfault"),
+    ],
+)
+def test_abnormal_exits_are_crashed(cli, write_strategy, body, imports):
+    run = cli("run", str(write_strategy(strategy_with(body, imports))), *RANGE, "--json")
+    assert run.code == 3, run.stderr
+    assert run.status["error"]["type"] == "crashed"
+    assert run.status["result"] is None
+
+
+def test_unreachable_daemon_is_sandbox_error(cli, write_strategy):
+    run = cli("run", str(write_strategy(SMA_CROSS)), *RANGE, "--json",
+              env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert run.code == 4, run.stderr
+    assert run.status["error"]["type"] == "sandbox_error"
+    assert "Docker daemon unreachable" in run.status["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        pytest.param(["--symbol", "IDX", "--timeframe", "D1", "--start", "2006-12-31",
+                      "--end", "2006-01-01"], "end_date", id="end-before-start"),
+        pytest.param([*RANGE, "--timeframe", "D7"], "config.timeframe", id="bad-timeframe"),
+        pytest.param([*RANGE, "--commission", "-1"], "config.commission", id="negative-commission"),
+        pytest.param(["--timeframe", "D1", "--start", "2006-01-01", "--end", "2006-02-01"],
+                     "config.symbol", id="missing-symbol"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_field(cli, write_strategy, args, field):
+    run = cli("run", str(write_strategy(SMA_CROSS)), *args, "--json")
+    assert run.code == 2
+    assert field in run.stderr
+    assert run.stdout == ""
+
+
+def test_no_container_is_left_by_any_verdict():
+    # Runs after the verdict tests above (file order); each also removes its own container.
+    assert labelled_containers() == []
