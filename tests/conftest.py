@@ -37,7 +37,6 @@ CATALOG_FILES = {
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A catalog holding the shared files, imported through the real `data import` path."""
     from backtest_sandbox.catalog import import_file
-
     from backtest_sandbox.timeframes import Timeframe
 
     root = tmp_path_factory.mktemp("catalog")
@@ -68,11 +67,25 @@ def docker_ready() -> Iterator[None]:
             pytrace=False,
         )
     yield
-    left = client.containers.list(all=True, filters={"label": LABEL})
+    left = leaked_containers(client)
     for container in left:
         container.remove(force=True)
     client.close()
-    assert not left, f"containers left behind: {[c.name for c in left]}"
+    assert not left, f"containers left behind: {[c.labels for c in left]}"
+
+
+def leaked_containers(client: Any) -> list[Any]:
+    """Our containers that nobody will remove: their owner died, or it is this test process.
+
+    Containers of other live processes (a developer's server) are theirs, not a leak.
+    """
+    from backtest_sandbox.sandbox import LABEL_OWNER, owner_is_alive, process_owner_id
+
+    me = process_owner_id()
+    return [
+        c for c in client.containers.list(all=True, filters={"label": LABEL})
+        if c.labels.get(LABEL_OWNER) == me or not owner_is_alive(c.labels.get(LABEL_OWNER, ""))
+    ]
 
 
 def labelled_containers() -> list[str]:

@@ -24,7 +24,6 @@ from .logs import cap_logs
 from .metrics import compute_metrics
 from .models import (
     BacktestResult,
-    DataInfo,
     EquityPoint,
     JobStatus,
     Provenance,
@@ -202,14 +201,7 @@ class Engine:
             trade_log=trades,
             logs=logs,
             execution_time_seconds=0.0,
-            data=DataInfo(
-                source=data.source,
-                bars=data.bars,
-                first=data.first,
-                last=data.last,
-                sha256=data.sha256,
-                path=str(data.path) if data.path else None,
-            ),
+            data=data.info(),
             provenance=Provenance(
                 code_sha256=request.code_sha256,
                 config_sha256=config.sha256(),

@@ -110,7 +110,8 @@ def parse_report(raw: bytes, *, expected_bars: int) -> Report:
         where = ".".join(str(p) for p in first["loc"]) or "result"
         raise InvalidReport(f"{where}: {first['msg']}") from None
     if isinstance(report, CompletedReport):
-        if report.bars != expected_bars or len(report.equity_curve) != expected_bars:
+        # Fewer bars is legitimate: a strategy may stop early with `self.env.runstop()`.
+        if report.bars > expected_bars or len(report.equity_curve) != report.bars:
             raise InvalidReport(
                 f"the run had {expected_bars} bars but the result reports {report.bars} "
                 f"with {len(report.equity_curve)} equity points"

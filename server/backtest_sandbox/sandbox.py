@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -41,9 +42,34 @@ SANDBOX_ENVIRONMENT = {
 }
 
 
-def process_owner_id() -> str:
-    """Identifies this host process, so that restarts can tell its containers from others'."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def _process_start_ticks(pid: int) -> str | None:
+    """When the process started (clock ticks since boot): tells a live pid from a reused one."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 is the start time; the command name (field 2) may hold spaces, so split after it.
+    return stat_line.rpartition(")")[2].split()[19]
+
+
+def process_owner_id(pid: int | None = None) -> str:
+    """`host:pid:start`: names the host process that started a container."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
+
+
+def owner_is_alive(owner: str) -> bool:
+    """Whether the process named by a container's owner label still runs on this host.
+
+    Containers of other hosts (a shared daemon) count as alive: never ours to remove.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        return True
+    if not pid_text.isdigit():
+        return False
+    return _process_start_ticks(int(pid_text)) == start
 
 
 def docker_client(timeout: float = 30.0) -> docker.DockerClient:
@@ -206,14 +232,16 @@ class Sandbox:
         )
         return found
 
-    def remove_orphans(self, keep: set[str] | None = None) -> int:
-        """Remove this project's containers except the ids in `keep`; returns how many."""
+    def remove_orphans(self) -> int:
+        """Remove this project's containers whose owning process has died; returns how many.
+
+        Containers of live processes (another server, a CLI run beside us) are left alone.
+        """
         removed = 0
         for container in self.labelled_containers():
-            if keep and container.id in keep:
-                continue
-            self.remove(container)
-            removed += 1
+            if not owner_is_alive(container.labels.get(LABEL_OWNER, "")):
+                self.remove(container)
+                removed += 1
         return removed
 
     @contextmanager

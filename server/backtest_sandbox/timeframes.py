@@ -68,17 +68,6 @@ class Timeframe(IntEnum):
         return timedelta(minutes=self.minutes)
 
     @property
-    def pandas_rule(self) -> str:
-        """The pandas resample rule that builds bars of this timeframe."""
-        if self is Timeframe.MN1:
-            return "MS"
-        if self is Timeframe.W1:
-            return "W-FRI"
-        if self is Timeframe.D1:
-            return "D"
-        return f"{self.minutes}min"
-
-    @property
     def periods_per_year(self) -> float:
         """Bars in a trading year, used to annualise returns and volatility."""
         if self is Timeframe.MN1:

@@ -62,8 +62,11 @@ def test_broken_rules_name_the_field(overrides, field, rule):
 
 def test_missing_required_field_is_named():
     with pytest.raises(InvalidRequest, match=r"^config\.symbol: Field required"):
-        parse_config({k: v for k, v in BASE.items() if k != "symbol"},
-                     max_timeout_seconds=600, max_memory_mb=4096)
+        parse_config(
+            {k: v for k, v in BASE.items() if k != "symbol"},
+            max_timeout_seconds=600,
+            max_memory_mb=4096,
+        )
 
 
 def test_not_an_object():

@@ -44,9 +44,17 @@ def test_hardening_defaults(run_dir):
     assert "noexec" in spec["tmpfs"]["/tmp"] and "size=64m" in spec["tmpfs"]["/tmp"]
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in spec["ulimits"]}
     assert limits == {"nofile": (256, 256), "fsize": (64 << 20, 64 << 20), "core": (0, 0)}
-    assert set(spec["environment"]) <= {"PATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE",
-                                         "PYTHONUNBUFFERED", "OPENBLAS_NUM_THREADS",
-                                         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND"}
+    assert set(spec["environment"]) <= {
+        "PATH",
+        "HOME",
+        "LANG",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+        "OPENBLAS_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "MPLBACKEND",
+    }
     assert spec["labels"][LABEL_PROJECT] == "1" and spec["labels"][LABEL_RUN] == "bt_1"
     mounts = {m["Target"]: m for m in spec["mounts"]}
     assert mounts["/job"]["ReadOnly"] is True and mounts["/out"]["ReadOnly"] is False

@@ -68,8 +68,16 @@ def test_oversize_result_is_refused(run_dir):
 
 @pytest.mark.parametrize(
     "raw,expected",
-    [(b"5 10\n", (5, 10)), (b"10 10", (10, 10)), (b"", None), (b"11 10", None),
-     (b"-1 10", None), (b"a b", None), (b"1 2 3", None), (b"1 0", None)],
+    [
+        (b"5 10\n", (5, 10)),
+        (b"10 10", (10, 10)),
+        (b"", None),
+        (b"11 10", None),
+        (b"-1 10", None),
+        (b"a b", None),
+        (b"1 2 3", None),
+        (b"1 0", None),
+    ],
 )
 def test_progress_is_parsed_defensively(run_dir, raw, expected):
     (run_dir.output_dir / "progress").write_bytes(raw)

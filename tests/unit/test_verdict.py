@@ -11,18 +11,29 @@ from backtest_sandbox.models import JobStatus
 from backtest_sandbox.supervisor import Observation, decide
 
 COMPLETED = {
-    "protocol": 1, "outcome": "completed", "backtrader_version": "1.9.78.123", "bars": 2,
-    "final_value": 101.0, "final_cash": 101.0, "bars_in_market": 1,
+    "protocol": 1,
+    "outcome": "completed",
+    "backtrader_version": "1.9.78.123",
+    "bars": 2,
+    "final_value": 101.0,
+    "final_cash": 101.0,
+    "bars_in_market": 1,
     "equity_curve": [["2006-01-02T00:00:00", 100.0], ["2006-01-03T00:00:00", 101.0]],
-    "trades": [], "open_trades": 0,
+    "trades": [],
+    "open_trades": 0,
 }
 VALID = json.dumps(COMPLETED).encode()
 
 
 def observe(**overrides: object) -> Observation:
     fields: dict[str, object] = {
-        "timed_out": False, "cancelled": False, "exit_code": 0, "oom_killed": False,
-        "elapsed_seconds": 1.0, "result": VALID, "result_problem": None,
+        "timed_out": False,
+        "cancelled": False,
+        "exit_code": 0,
+        "oom_killed": False,
+        "elapsed_seconds": 1.0,
+        "result": VALID,
+        "result_problem": None,
     }
     fields.update(overrides)
     return Observation(**fields)  # type: ignore[arg-type]
@@ -42,8 +53,11 @@ def test_clean_exit_with_valid_result_completes():
 @pytest.mark.parametrize(
     "observation,expected",
     [
-        pytest.param(observe(timed_out=True, exit_code=137, oom_killed=True), ErrorType.TIMEOUT,
-                     id="the clock wins over everything"),
+        pytest.param(
+            observe(timed_out=True, exit_code=137, oom_killed=True),
+            ErrorType.TIMEOUT,
+            id="the clock wins over everything",
+        ),
         pytest.param(observe(oom_killed=True, exit_code=137), ErrorType.MEMORY_LIMIT, id="oom"),
         pytest.param(observe(oom_killed=True), ErrorType.MEMORY_LIMIT, id="oom-even-with-result"),
         pytest.param(observe(exit_code=137), ErrorType.CRASHED, id="exit-137-is-not-oom"),
@@ -51,17 +65,30 @@ def test_clean_exit_with_valid_result_completes():
         pytest.param(observe(exit_code=139), ErrorType.CRASHED, id="segfault"),
         pytest.param(observe(exit_code=1), ErrorType.CRASHED, id="valid-result-nonzero-exit"),
         pytest.param(observe(result=b""), ErrorType.CRASHED, id="exit-0-without-result"),
-        pytest.param(observe(result=None, result_problem="not a regular file"),
-                     ErrorType.RESULT_INVALID, id="unreadable"),
+        pytest.param(
+            observe(result=None, result_problem="not a regular file"),
+            ErrorType.RESULT_INVALID,
+            id="unreadable",
+        ),
         pytest.param(observe(result=b"{"), ErrorType.RESULT_INVALID, id="not-json"),
-        pytest.param(observe(result=json.dumps({**COMPLETED, "outcome": "timeout"}).encode()),
-                     ErrorType.RESULT_INVALID, id="claims-its-own-verdict"),
-        pytest.param(observe(result=json.dumps({**COMPLETED, "bars": 3}).encode()),
-                     ErrorType.RESULT_INVALID, id="wrong-bar-count"),
-        pytest.param(observe(result=VALID.replace(b"101.0,", b"NaN,", 1)),
-                     ErrorType.RESULT_INVALID, id="nan"),
-        pytest.param(observe(result=json.dumps({**COMPLETED, "extra": 1}).encode()),
-                     ErrorType.RESULT_INVALID, id="unknown-field"),
+        pytest.param(
+            observe(result=json.dumps({**COMPLETED, "outcome": "timeout"}).encode()),
+            ErrorType.RESULT_INVALID,
+            id="claims-its-own-verdict",
+        ),
+        pytest.param(
+            observe(result=json.dumps({**COMPLETED, "bars": 3}).encode()),
+            ErrorType.RESULT_INVALID,
+            id="wrong-bar-count",
+        ),
+        pytest.param(
+            observe(result=VALID.replace(b"101.0,", b"NaN,", 1)), ErrorType.RESULT_INVALID, id="nan"
+        ),
+        pytest.param(
+            observe(result=json.dumps({**COMPLETED, "extra": 1}).encode()),
+            ErrorType.RESULT_INVALID,
+            id="unknown-field",
+        ),
     ],
 )
 def test_verdict_order(observation: Observation, expected: ErrorType):
@@ -74,10 +101,15 @@ def test_cancel_beats_everything():
 
 
 def test_runtime_error_report_carries_the_exception():
-    report = {"protocol": 1, "outcome": "runtime_error", "backtrader_version": "x",
-              "error": {"exc_type": "KeyError", "message": "'x'", "traceback": "strategy.py"}}
-    verdict = decide(observe(result=json.dumps(report).encode()), timeout_seconds=3,
-                     expected_bars=2)
+    report = {
+        "protocol": 1,
+        "outcome": "runtime_error",
+        "backtrader_version": "x",
+        "error": {"exc_type": "KeyError", "message": "'x'", "traceback": "strategy.py"},
+    }
+    verdict = decide(
+        observe(result=json.dumps(report).encode()), timeout_seconds=3, expected_bars=2
+    )
     assert verdict.error is not None
     assert verdict.error.type is ErrorType.RUNTIME_ERROR
     assert verdict.error.message == "KeyError: 'x'"
