@@ -19,6 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(
     os.environ.get("BACKTEST_SHARED_DATA", REPO.parent / "shared" / "data" / "backtrader")
 )
+# The general suite runs on runc so that its timings are the same on every machine; the security
+# corpus runs under each runtime explicitly. `BACKTEST_RUNTIME=runsc make test`: all on gVisor.
+os.environ.setdefault("BACKTEST_RUNTIME", "runc")
+
 LABEL = "io.backtest-sandbox"
 DOCKER = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
 

@@ -156,7 +156,8 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidRequest("STRATEGY", f"must be at most {settings.max_code_bytes} bytes")
     config = _read_config(args, settings)
     request = RunRequest(backtest_id=f"bt_{secrets.token_hex(8)}", code=code, config=config)
-    engine = Engine(settings)
+    # One run, then exit: a warm pool would only start a container nobody uses.
+    engine = Engine(settings.model_copy(update={"pool_size": 0}))
     bar = ProgressBar(sys.stderr) if not args.json else None
     try:
         outcome = engine.run(request, on_progress=bar.update if bar else None)

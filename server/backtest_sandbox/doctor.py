@@ -9,7 +9,7 @@ from typing import TextIO
 
 from . import image
 from .errors import SandboxError
-from .rundir import RunDir
+from .rundir import new_run_dir
 from .sandbox import Sandbox, docker_client
 from .settings import Settings
 
@@ -89,7 +89,7 @@ def run_doctor(settings: Settings, out: TextIO) -> bool:
 def _check_limits(
     sandbox: Sandbox, settings: Settings, report: Callable[..., bool]
 ) -> bool:
-    run_dir = RunDir(settings.state_dir / "runs", settings.sandbox_uid)
+    run_dir = new_run_dir(settings)
     try:
         with sandbox.running(run_dir, 256, "doctor", ["python3", "-I", "-c", PROBE]) as box:
             code = sandbox.wait(box, 60)

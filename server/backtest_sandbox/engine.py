@@ -30,8 +30,9 @@ from .models import (
     RunError,
     RunOutcome,
 )
+from .pool import WarmPool
 from .report import CompletedReport
-from .rundir import RunDir
+from .rundir import new_run_dir
 from .sandbox import Sandbox, docker_client
 from .settings import Settings
 from .supervisor import decide, watch
@@ -62,6 +63,7 @@ class Engine:
         self.settings = settings
         self._client = client
         self._sandbox: Sandbox | None = None
+        self._pool: WarmPool | None = None
         self._lock = threading.Lock()
 
     def sandbox(self) -> Sandbox:
@@ -80,6 +82,13 @@ class Engine:
                     )
                 self._client = client
                 self._sandbox = Sandbox(self.settings, client, tag)
+                if self.settings.effective_pool_size > 0:
+                    self._pool = WarmPool(
+                        self._sandbox,
+                        self.settings,
+                        self.settings.effective_pool_size,
+                        memory_mb=BacktestConfig.model_fields["memory_mb"].default,
+                    )
             return self._sandbox
 
     def cache_key(self, request: RunRequest) -> str | None:
@@ -142,11 +151,18 @@ class Engine:
         config = request.config
         data = catalog.prepare(config, self.settings.data_dir)
         sandbox = self.sandbox()
-        run_dir = RunDir(self.settings.state_dir / "runs", self.settings.sandbox_uid)
+        warm = self._pool.acquire(config.memory_mb) if self._pool is not None else None
+        run_dir = warm.run_dir if warm else new_run_dir(self.settings)
         try:
+            # The data first and the spec last: a warm harness starts the moment the spec lands.
             run_dir.write_input("data.csv", data.csv_bytes)
             run_dir.write_spec(_job_spec(request, data))
-            with sandbox.running(run_dir, config.memory_mb, request.backtest_id) as container:
+            container = (
+                warm.container
+                if warm
+                else sandbox.start(run_dir, config.memory_mb, request.backtest_id)
+            )
+            try:
                 observation = watch(
                     sandbox,
                     container,
@@ -158,6 +174,8 @@ class Engine:
                     on_progress=on_progress,
                 )
                 logs, logs_cut = cap_logs(sandbox.logs(container), self.settings.log_cap_bytes)
+            finally:
+                sandbox.remove(container)
         finally:
             run_dir.remove()
         verdict = decide(
@@ -221,8 +239,11 @@ class Engine:
         return self.sandbox().remove_orphans()
 
     def close(self) -> None:
-        """Release the Docker client."""
+        """Remove the warm pool's containers and release the Docker client."""
         with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
             if self._client is not None:
                 self._client.close()
             self._client = None

@@ -17,7 +17,10 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 RESULT_NAME = "result.json"
 PROGRESS_NAME = "progress"
@@ -85,6 +88,11 @@ class RunDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def new_run_dir(settings: Settings) -> RunDir:
+    """A fresh run directory under the state dir, writable by the settings' sandbox uid."""
+    return RunDir(settings.state_dir / "runs", settings.sandbox_uid)
 
 
 def _read_regular_file(path: Path, cap: int) -> bytes:

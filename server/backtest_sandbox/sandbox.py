@@ -28,6 +28,11 @@ LABEL_PROJECT = "io.backtest-sandbox"  # on every container we start: how orphan
 LABEL_RUN = "io.backtest-sandbox.run"  # the backtest id the container serves
 LABEL_OWNER = "io.backtest-sandbox.owner"  # the host process that started it
 
+# Under gVisor the container's cgroup also holds gVisor's own Go threads (the Sentry, the
+# gofer); without headroom for them, gVisor cannot start and exits with code 2. The strategy's
+# processes are still bounded, by gVisor's own accounting and by the sum.
+RUNSC_PIDS_HEADROOM = 128
+
 # Only these variables reach the sandbox; the host's environment (tokens, paths) never does.
 SANDBOX_ENVIRONMENT = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -167,6 +172,8 @@ class Sandbox:
             spec["command"] = command
         if self.runtime is not None:
             spec["runtime"] = self.runtime
+        if self.runtime == "runsc":
+            spec["pids_limit"] = s.pids_limit + RUNSC_PIDS_HEADROOM
         return spec
 
     def start(
@@ -185,6 +192,19 @@ class Sandbox:
             self.remove(container)
             raise
         return container
+
+    def is_running(self, container: Container) -> bool:
+        self._call(container.reload)
+        return bool(container.attrs["State"]["Running"])
+
+    @property
+    def can_update_memory(self) -> bool:
+        """runc can change a running container's limits; gVisor's runsc has no `update`."""
+        return self.runtime != "runsc"
+
+    def set_memory(self, container: Container, memory_mb: int) -> None:
+        """Change a running container's memory limit (memory + swap stay equal: no swap)."""
+        self._call(container.update, mem_limit=f"{memory_mb}m", memswap_limit=f"{memory_mb}m")
 
     def wait(self, container: Container, timeout: float) -> int | None:
         """The exit code once the container stops, or None if it still runs after `timeout`."""

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "runc", "runsc"] = "auto"
     pool_size: int | None = Field(None, ge=0, le=64)  # None: the worker count
     api_tokens: str = ""  # "token1:tenant_a,token2:tenant_b"
+    pool_max_age_seconds: float = Field(300.0, gt=0)  # idle warm containers are recycled
 
     # The runner image.
     image_repository: str = "backtest-sandbox-runner"

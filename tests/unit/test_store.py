@@ -1,0 +1,296 @@
+"""The job store: transactions, tenancy, fair claiming, cache, and restart recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from backtest_sandbox.models import JobStatus
+from backtest_sandbox.store import CacheEntry, JobStore, NewJob, Recovery
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "jobs.sqlite3"
+
+
+@pytest.fixture
+def store(path: Path, clock: Clock) -> Iterator[JobStore]:
+    store = JobStore(path, clock=clock)
+    yield store
+    store.close()
+
+
+def new_job(n: int, tenant: str = "a", **changes: object) -> NewJob:
+    job = NewJob(
+        id=f"bt_{n:032x}",
+        tenant=tenant,
+        language="python",
+        code=f"code {n}",
+        config_json="{}",
+        symbol="SPY",
+        timeframe="D1",
+    )
+    return replace(job, **changes)  # type: ignore[arg-type]
+
+
+def test_insert_then_get_returns_the_whole_row(store: JobStore, clock: Clock) -> None:
+    inserted = store.insert(new_job(1, cache_key="k1"))
+    assert store.get("a", inserted.id) == inserted
+    assert inserted.status is JobStatus.QUEUED
+    assert inserted.created_at == clock.now
+    assert (inserted.started_at, inserted.finished_at, inserted.attempts) == (None, None, 0)
+    assert (inserted.code, inserted.cache_key, inserted.cached) == ("code 1", "k1", False)
+
+
+def test_another_tenants_job_is_not_found(store: JobStore) -> None:
+    store.insert(new_job(1, tenant="a"))
+    assert store.get("b", new_job(1).id) is None
+    assert store.get_summary("b", new_job(1).id) is None
+    assert store.cancel("b", new_job(1).id) is None
+    assert store.delete("b", new_job(1).id) is None
+    assert store.get("a", new_job(1).id) is not None
+
+
+def test_a_failed_insert_changes_nothing(store: JobStore) -> None:
+    store.insert(new_job(1))
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert(new_job(1, cached=True, status=JobStatus.COMPLETED))
+    # The cache-hit counter is bumped in the same transaction, so it rolled back too.
+    assert store.counts("a").cache_hits == 0
+    assert store.counts("a").by_status[JobStatus.QUEUED] == 1
+
+
+def test_a_terminal_insert_is_finished_at_once(store: JobStore, clock: Clock) -> None:
+    job = store.insert(new_job(1, status=JobStatus.FAILED, error_json='{"x": 1}', cached=True))
+    assert (job.status, job.finished_at, job.error_json) == (
+        JobStatus.FAILED,
+        clock.now,
+        '{"x": 1}',
+    )
+    assert store.counts("a").cache_hits == 1
+
+
+def test_claim_is_fifo_for_one_tenant(store: JobStore, clock: Clock) -> None:
+    for n in range(3):
+        store.insert(new_job(n))
+        clock.advance(1)
+    claimed = [store.claim_next() for _ in range(4)]
+    assert [job.id if job else None for job in claimed] == [
+        new_job(0).id,
+        new_job(1).id,
+        new_job(2).id,
+        None,
+    ]
+    first = claimed[0]
+    assert first is not None
+    assert (first.status, first.attempts, first.started_at) == (JobStatus.RUNNING, 1, clock.now)
+
+
+def test_claim_is_fair_across_tenants(store: JobStore, clock: Clock) -> None:
+    for n in range(5):  # tenant a floods the queue first
+        store.insert(new_job(n, tenant="a"))
+        clock.advance(1)
+    store.insert(new_job(99, tenant="b"))
+    first, second, third = (store.claim_next() for _ in range(3))
+    assert first is not None and second is not None and third is not None
+    assert first.id == new_job(0).id
+    # a has one running, b none: b's only job goes next although it is the newest.
+    assert second.id == new_job(99).id
+    assert third.id == new_job(1).id
+
+
+def test_claim_serves_the_least_recently_served_tenant_first(store: JobStore, clock: Clock) -> None:
+    """With one worker nobody has a job running at claim time: round robin decides."""
+    for n in range(3):
+        store.insert(new_job(n, tenant="a"))
+        clock.advance(1)
+    store.insert(new_job(50, tenant="b"))
+    store.insert(new_job(51, tenant="b"))
+    order = []
+    while (job := store.claim_next()) is not None:
+        order.append(job.id)
+        store.finish(job.id, JobStatus.COMPLETED, result_json="{}")
+    assert order == [new_job(n).id for n in (0, 50, 1, 51, 2)]
+
+
+def test_progress_is_recorded_only_while_running(store: JobStore, clock: Clock) -> None:
+    store.insert(new_job(1))
+    store.set_progress(new_job(1).id, 1, 10)
+    assert store.get("a", new_job(1).id).progress_done is None  # type: ignore[union-attr]
+    store.claim_next()
+    clock.advance(2)
+    store.set_progress(new_job(1).id, 5, 10)
+    job = store.get_summary("a", new_job(1).id)
+    assert job is not None
+    assert (job.progress_done, job.progress_total, job.progress_at) == (5, 10, clock.now)
+
+
+def test_finish_records_and_caches_in_one_step(store: JobStore) -> None:
+    store.insert(new_job(1, cache_key="k"))
+    store.claim_next()
+    assert store.finish(
+        new_job(1).id,
+        JobStatus.COMPLETED,
+        result_json='{"r": 1}',
+        view_json='{"v": 1}',
+        cache_key="k",
+    )
+    job = store.get("a", new_job(1).id)
+    assert job is not None
+    assert (job.status, job.result_json, job.view_json) == (
+        JobStatus.COMPLETED,
+        '{"r": 1}',
+        '{"v": 1}',
+    )
+    assert store.cache_get("k") == CacheEntry(JobStatus.COMPLETED, '{"r": 1}', '{"v": 1}', None)
+
+
+def test_finish_after_cancel_changes_nothing(store: JobStore) -> None:
+    store.insert(new_job(1, cache_key="k"))
+    store.claim_next()
+    assert store.cancel("a", new_job(1).id) == (JobStatus.RUNNING, JobStatus.CANCELLED)
+    assert not store.finish(
+        new_job(1).id, JobStatus.COMPLETED, result_json='{"r": 1}', cache_key="k"
+    )
+    job = store.get("a", new_job(1).id)
+    assert job is not None and job.status is JobStatus.CANCELLED and job.result_json is None
+    assert store.cache_get("k") is None
+
+
+def test_cancel_keeps_a_terminal_status(store: JobStore) -> None:
+    store.insert(new_job(1, status=JobStatus.COMPLETED, result_json="{}"))
+    assert store.cancel("a", new_job(1).id) == (JobStatus.COMPLETED, JobStatus.COMPLETED)
+
+
+def test_cancel_queued_is_never_claimed(store: JobStore) -> None:
+    store.insert(new_job(1))
+    assert store.cancel("a", new_job(1).id) == (JobStatus.QUEUED, JobStatus.CANCELLED)
+    assert store.claim_next() is None
+
+
+def test_delete_forgets_the_cached_result_unless_shared(store: JobStore) -> None:
+    store.insert(new_job(1, cache_key="k"))
+    store.insert(new_job(2, cache_key="k"))
+    store.claim_next()
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result_json="{}", cache_key="k")
+    assert store.delete("a", new_job(1).id) is JobStatus.COMPLETED
+    assert store.cache_get("k") is not None  # job 2 still refers to it
+    assert store.delete("a", new_job(2).id) is JobStatus.QUEUED
+    assert store.cache_get("k") is None
+    assert store.get("a", new_job(1).id) is None
+
+
+def test_requeue_does_not_count_the_attempt(store: JobStore) -> None:
+    store.insert(new_job(1))
+    store.claim_next()
+    assert store.requeue(new_job(1).id)
+    job = store.get("a", new_job(1).id)
+    assert job is not None
+    assert (job.status, job.attempts, job.started_at) == (JobStatus.QUEUED, 0, None)
+
+
+def test_list_pages_newest_first_per_tenant(store: JobStore) -> None:
+    for n in range(5):
+        store.insert(new_job(n))
+    store.insert(new_job(50, tenant="b"))
+    store.claim_next()  # job 0 runs
+    page, more = store.list_jobs("a", status=None, limit=2, before_seq=None)
+    assert [j.id for j in page] == [new_job(4).id, new_job(3).id] and more
+    page, more = store.list_jobs("a", status=None, limit=2, before_seq=page[-1].seq)
+    assert [j.id for j in page] == [new_job(2).id, new_job(1).id] and more
+    page, more = store.list_jobs("a", status=None, limit=2, before_seq=page[-1].seq)
+    assert [j.id for j in page] == [new_job(0).id] and not more
+    running, more = store.list_jobs("a", status=JobStatus.RUNNING, limit=10, before_seq=None)
+    assert [j.id for j in running] == [new_job(0).id] and not more
+
+
+def test_counts_and_average_times(store: JobStore, clock: Clock) -> None:
+    store.insert(new_job(1))
+    store.insert(new_job(2))
+    store.insert(new_job(3, tenant="b"))
+    clock.advance(4)  # job 1 waits 4 s
+    store.claim_next()
+    clock.advance(2)  # and runs 2 s
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result_json="{}")
+    counts = store.counts("a")
+    assert counts.by_status == {
+        JobStatus.QUEUED: 1,
+        JobStatus.RUNNING: 0,
+        JobStatus.COMPLETED: 1,
+        JobStatus.FAILED: 0,
+        JobStatus.CANCELLED: 0,
+    }
+    assert (counts.avg_execution_seconds, counts.avg_wait_seconds) == (2.0, 4.0)
+    assert store.counts("nobody").avg_execution_seconds is None
+
+
+def test_recover_accounts_for_every_job(path: Path, clock: Clock) -> None:
+    store = JobStore(path, clock=clock)
+    store.insert(new_job(1))  # will be completed
+    store.insert(new_job(2))  # running once, interrupted
+    store.insert(new_job(3))  # running a second time, interrupted again
+    store.insert(new_job(4))  # still queued
+    store.claim_next()
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result_json="{}")
+    store.claim_next()
+    store.claim_next()
+    store.requeue(new_job(3).id)  # rewind job 3 to simulate its earlier interrupted run:
+    with store._transaction() as conn:  # its attempt count is what a restart would see
+        conn.execute(
+            "UPDATE jobs SET status = 'running', attempts = 2 WHERE id = ?", (new_job(3).id,)
+        )
+    store.close()  # the "process" dies here; nothing in memory survives
+
+    reopened = JobStore(path, clock=clock)
+    recovery = reopened.recover(max_attempts=2, give_up_error_json='{"type": "sandbox_error"}')
+    assert recovery == Recovery(requeued=1, failed=1, queued=2)
+    statuses = {n: reopened.get("a", new_job(n).id).status for n in (1, 2, 3, 4)}  # type: ignore[union-attr]
+    assert statuses == {
+        1: JobStatus.COMPLETED,
+        2: JobStatus.QUEUED,
+        3: JobStatus.FAILED,
+        4: JobStatus.QUEUED,
+    }
+    third = reopened.get("a", new_job(3).id)
+    assert third is not None and third.error_json == '{"type": "sandbox_error"}'
+    again = reopened.claim_next()
+    assert again is not None and (again.id, again.attempts) == (new_job(2).id, 2)
+    reopened.close()
+
+
+def test_a_newer_schema_is_refused(path: Path) -> None:
+    JobStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(sqlite3.DatabaseError, match="schema version 99"):
+        JobStore(path)
+
+
+def test_the_database_is_in_wal_mode(store: JobStore, path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
