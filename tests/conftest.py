@@ -100,6 +100,17 @@ def labelled_containers() -> list[str]:
     return out.stdout.split()
 
 
+def left_behind() -> list[str]:
+    """Names of our containers nobody will remove (see `leaked_containers`)."""
+    from backtest_sandbox.sandbox import docker_client
+
+    client = docker_client()
+    try:
+        return [c.name for c in leaked_containers(client)]
+    finally:
+        client.close()
+
+
 @dataclass
 class CliResult:
     code: int

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import DOCKER, labelled_containers
+from tests.conftest import DOCKER, left_behind
 
 pytestmark = DOCKER
 
@@ -38,7 +38,6 @@ def strategy_with(body: str, imports: str = "") -> str:
 
 
 def test_valid_strategy_completes_with_metrics(cli, write_strategy):
-    before = labelled_containers()
     run = cli("run", str(write_strategy(SMA_CROSS)), *RANGE, "--json")
     assert run.code == 0, run.stderr
     status = run.status
@@ -49,7 +48,7 @@ def test_valid_strategy_completes_with_metrics(cli, write_strategy):
     assert len(result["equity_curve"]) == 255
     assert result["metrics"]["total_trades"] == len(result["trade_log"]) > 0
     assert result["metrics"]["final_value"] == pytest.approx(result["equity_curve"][-1]["value"])
-    assert labelled_containers() == before
+    assert left_behind() == []
 
 
 def test_syntax_error_needs_no_container(cli, write_strategy):
@@ -145,5 +144,6 @@ def test_bad_config_exits_2_naming_the_field(cli, write_strategy, args, field):
 
 
 def test_no_container_is_left_by_any_verdict():
-    # Runs after the verdict tests above (file order); each also removes its own container.
-    assert labelled_containers() == []
+    # Runs after the verdict tests above (file order). Every CLI run above has exited, so any
+    # container of theirs still here would be one that nobody removes.
+    assert left_behind() == []

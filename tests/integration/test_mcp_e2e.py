@@ -24,7 +24,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp_types import ImageContent, TextContent
 
-from tests.conftest import DOCKER, LABEL, labelled_containers
+from tests.conftest import DOCKER, LABEL, left_behind
 
 pytestmark = [*DOCKER, pytest.mark.slow, pytest.mark.anyio]
 
@@ -233,7 +233,7 @@ async def test_every_tool_over_stdio(server_env: dict[str, str]) -> None:
     async with stdio_client(server_env) as client:
         await exercise_every_tool(client)
     with anyio.fail_after(15):  # the cancelled container is gone once the server has closed
-        while labelled_containers():
+        while left_behind():
             await anyio.sleep(0.2)
 
 
@@ -431,4 +431,4 @@ async def test_sigkill_and_restart_lose_no_job(
         statuses = [await until_done(client, backtest_id) for backtest_id in ids]
     assert [s["status"] for s in statuses] == ["completed"] * 3
     second.stop()
-    assert labelled_containers() == []
+    assert left_behind() == []

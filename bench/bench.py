@@ -1,0 +1,279 @@
+"""Sandboxed runs against the bare baseline, measured side by side in one run (issue 6).
+
+    .venv/bin/python bench/bench.py            # the figures in the README
+    .venv/bin/python bench/bench.py --quick    # a smoke run with few repetitions
+
+The reference: the SMA crossover of examples/sma_cross.py on 2520 daily ORCL bars. The
+baseline: `python bench/bare_strategy.py` run cold on the host (a fresh interpreter each time)
+with the same bars and the same Backtrader. Everything is a ratio measured in this one run:
+this machine is shared and noisy, so absolute times mean little.
+
+  (a) latency, submit -> completed through the service, pool on and off, p50 and p95, each
+      divided by the bare p50;
+  (b) throughput: 40 runs submitted at once (2 workers), wall time divided by that of 40
+      bare runs two at a time;
+  (c) CPU seconds per run beyond the bare run's own (container, daemon, supervisor), from
+      the machine's busy time during (b);
+  (d) the server's RSS before and after 200 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from backtest_sandbox.catalog import import_file, prepare
+from backtest_sandbox.config import parse_config
+from backtest_sandbox.engine import Engine
+from backtest_sandbox.service import BacktestService
+from backtest_sandbox.settings import Settings
+from backtest_sandbox.timeframes import Timeframe
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BACKTEST_SHARED_DATA", REPO.parent / "shared/data/backtrader"))
+STRATEGY = (REPO / "examples/sma_cross.py").read_text()
+BARE = REPO / "bench/bare_strategy.py"
+CONFIG = {
+    "symbol": "ORCL",
+    "timeframe": "D1",
+    "start_date": "1999-12-27",  # with end_date: exactly 2520 daily bars
+    "end_date": "2009-12-31",
+    "initial_capital": 10000,
+    "commission": 0.001,
+    "position_size": 100,
+    "timeout_seconds": 120,
+}
+TENANT = "bench"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent not idle (all processes, the daemon included)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Bench:
+    def __init__(self, root: Path, runtime: str) -> None:
+        self.data_dir = root / "data"
+        import_file(SHARED / "orcl-1995-2014.txt", "ORCL", Timeframe.D1, self.data_dir)
+        self.state_root = root
+        self.runtime = runtime
+        config = parse_config(CONFIG, max_timeout_seconds=600, max_memory_mb=4096)
+        prepared = prepare(config, self.data_dir)
+        assert prepared.bars == 2520, prepared.bars
+        self.csv = root / "bars.csv"
+        self.csv.write_bytes(prepared.csv_bytes)
+        self.counter = 0
+
+    # -- the bare baseline -------------------------------------------------------------
+    def bare_run(self) -> tuple[float, float]:
+        """(wall seconds, final value) of one cold `python bare_strategy.py`."""
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, str(BARE), str(self.csv), "10000", "0.001", "100"],
+            capture_output=True, text=True, check=True,
+        )
+        return time.perf_counter() - started, float(out.stdout.strip())
+
+    # -- the service -------------------------------------------------------------------
+    def service(self, pool_size: int, workers: int = 2) -> BacktestService:
+        settings = Settings(
+            data_dir=self.data_dir,
+            state_dir=Path(tempfile.mkdtemp(dir=self.state_root)),
+            max_workers=workers,
+            pool_size=pool_size,
+            runtime=self.runtime,  # type: ignore[arg-type]
+        )
+        service = BacktestService(settings, Engine(settings))
+        service.start()
+        return service
+
+    def submit(self, service: BacktestService) -> tuple[str, float]:
+        # A new comment per run: identical submissions would be answered from the cache.
+        self.counter += 1
+        code = f"{STRATEGY}\n# run {self.counter}\n"
+        submitted = time.time()
+        backtest_id = service.submit(TENANT, code, "python", CONFIG).backtest_id
+        return backtest_id, submitted
+
+    def wait_done(self, service: BacktestService, backtest_id: str) -> tuple[float, float]:
+        """(finished_at, final value) once the job is terminal."""
+        while True:
+            summary = service.summary(TENANT, backtest_id)
+            if summary.status.is_terminal:
+                break
+            time.sleep(0.005)
+        status = service.status(TENANT, backtest_id)
+        assert status.status == "completed" and status.result is not None, status.error
+        assert summary.finished_at is not None
+        final_value = status.result.metrics["final_value"]
+        assert isinstance(final_value, float)
+        return summary.finished_at, final_value
+
+
+def wait_for_pool(service: BacktestService, size: int, settle: float = 1.0) -> None:
+    """Until the pool is full and its newest container has had time to finish its imports."""
+    engine = service._engine  # noqa: SLF001 - the bench looks inside on purpose
+    pool = getattr(engine, "_pool", None)
+    if pool is None or size == 0:
+        return
+    deadline = time.monotonic() + 60
+    while pool.idle_count() < size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(settle)
+
+
+def measure_latency(bench: Bench, pool_size: int, runs: int, bare_value: float) -> list[float]:
+    service = bench.service(pool_size)
+    try:
+        latencies = []
+        for _ in range(runs):
+            wait_for_pool(service, pool_size)  # an agent's think time between iterations
+            backtest_id, submitted = bench.submit(service)
+            finished, value = bench.wait_done(service, backtest_id)
+            assert abs(value - bare_value) < 1e-6, (value, bare_value)
+            latencies.append(finished - submitted)
+        return latencies
+    finally:
+        service.close()
+
+
+BACKGROUND_SAMPLE_SECONDS = 3.0
+
+
+def timed_batch(run_all: Callable[[], None]) -> tuple[float, float]:
+    """(wall seconds, busy CPU seconds) of one batch, less the machine's background load.
+
+    The background rate is sampled while nothing of ours runs, just before the batch, and
+    subtracted for the batch's duration: what other processes burn is not ours.
+    """
+    cpu = busy_cpu_seconds()
+    time.sleep(BACKGROUND_SAMPLE_SECONDS)
+    background_rate = (busy_cpu_seconds() - cpu) / BACKGROUND_SAMPLE_SECONDS
+    cpu, wall = busy_cpu_seconds(), time.perf_counter()
+    run_all()
+    wall = time.perf_counter() - wall
+    return wall, busy_cpu_seconds() - cpu - background_rate * wall
+
+
+def measure_throughput(bench: Bench, runs: int) -> dict[str, float]:
+    def bare_batch() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as executor:
+            list(executor.map(lambda _: bench.bare_run(), range(runs)))
+
+    service = bench.service(pool_size=2)
+    try:
+        wait_for_pool(service, 2)
+
+        def sandbox_batch() -> None:  # ends when the last job is done; the refill is not timed
+            ids = [bench.submit(service)[0] for _ in range(runs)]
+            for backtest_id in ids:
+                bench.wait_done(service, backtest_id)
+
+        sandbox_wall, sandbox_cpu = timed_batch(sandbox_batch)
+    finally:
+        service.close()
+    bare_wall, bare_cpu = timed_batch(bare_batch)
+    return {
+        "sandbox_wall": sandbox_wall,
+        "bare_wall": bare_wall,
+        "sandbox_cpu_per_run": sandbox_cpu / runs,
+        "bare_cpu_per_run": bare_cpu / runs,
+    }
+
+
+def measure_rss(bench: Bench, runs: int) -> tuple[float, float]:
+    service = bench.service(pool_size=2)
+    try:
+        def batch(n: int) -> None:
+            ids = [bench.submit(service)[0] for _ in range(n)]
+            for backtest_id in ids:
+                bench.wait_done(service, backtest_id)
+
+        batch(10)  # warm-up: imports, caches, SQLite pages
+        before = rss_mb()
+        for _ in range(runs // 20):
+            batch(20)
+        return before, rss_mb()
+    finally:
+        service.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
+    parser.add_argument("--runtime", default="runc", choices=["runc", "runsc"])
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+    latency_runs, batch_runs, rss_runs = (4, 6, 20) if args.quick else (15, 40, 200)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        bench = Bench(Path(tmp), args.runtime)
+        bare = [bench.bare_run() for _ in range(max(5, latency_runs))]
+        bare_p50 = statistics.median(t for t, _ in bare)
+        bare_value = bare[0][1]
+        pool_off = measure_latency(bench, 0, latency_runs, bare_value)
+        pool_on = measure_latency(bench, 2, latency_runs, bare_value)
+        throughput = measure_throughput(bench, batch_runs)
+        rss_before, rss_after = measure_rss(bench, rss_runs)
+
+    figures: dict[str, Any] = {
+        "runtime": args.runtime,
+        "bare_p50_seconds": bare_p50,
+        "pool_on_p50_ratio": statistics.median(pool_on) / bare_p50,
+        "pool_on_p95_ratio": percentile(pool_on, 95) / bare_p50,
+        "pool_off_p50_ratio": statistics.median(pool_off) / bare_p50,
+        "pool_off_p95_ratio": percentile(pool_off, 95) / bare_p50,
+        "throughput_ratio": throughput["sandbox_wall"] / throughput["bare_wall"],
+        "overhead_cpu_seconds_per_run": throughput["sandbox_cpu_per_run"]
+        - throughput["bare_cpu_per_run"],
+        "bare_cpu_seconds_per_run": throughput["bare_cpu_per_run"],
+        "rss_growth_mb": rss_after - rss_before,
+        "rss_before_mb": rss_before,
+        "runs": {"latency": latency_runs, "batch": batch_runs, "rss": rss_runs},
+    }
+    print(f"runtime {args.runtime}; bare `python strategy.py` p50 {bare_p50:.3f} s (= 1.0)")
+    print("(a) latency, submit -> completed, over the bare p50   target  measured")
+    print(f"    pool on   p50                                     <= 0.5    "
+          f"{figures['pool_on_p50_ratio']:.2f}")
+    print(f"    pool on   p95                                     <= 0.8    "
+          f"{figures['pool_on_p95_ratio']:.2f}")
+    print(f"    pool off  p50                                              "
+          f"{figures['pool_off_p50_ratio']:.2f}")
+    print(f"    pool off  p95                                              "
+          f"{figures['pool_off_p95_ratio']:.2f}")
+    print(f"(b) throughput, {batch_runs} at once over {batch_runs} bare two at a time  <= 1.3    "
+          f"{figures['throughput_ratio']:.2f}")
+    print(f"(c) CPU s per run beyond the bare run's {figures['bare_cpu_seconds_per_run']:.2f} s"
+          f"                {figures['overhead_cpu_seconds_per_run']:.2f}")
+    print(f"(d) server RSS over {rss_runs} runs: {rss_before:.1f} -> {rss_after:.1f} MB"
+          f"      < 20 MB   {figures['rss_growth_mb']:+.1f} MB")
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
