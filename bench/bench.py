@@ -14,7 +14,8 @@ this machine is shared and noisy, so absolute times mean little.
       bare runs two at a time;
   (c) CPU seconds per run beyond the bare run's own (container, daemon, supervisor), from
       the machine's busy time during (b);
-  (d) the server's RSS before and after 200 runs.
+  (d) the server's RSS before and after 200 runs;
+  (e) get_backtest_status's answer time while 20 jobs submitted at once run (issue 4).
 """
 
 from __future__ import annotations
@@ -205,6 +206,26 @@ def measure_throughput(bench: Bench, runs: int) -> dict[str, float]:
     }
 
 
+def measure_status_latency(bench: Bench, runs: int) -> list[float]:
+    """get_backtest_status's answer time (ms) while `runs` jobs, submitted at once, run."""
+    service = bench.service(pool_size=2)
+    latencies: list[float] = []
+    try:
+        ids = [bench.submit(service)[0] for _ in range(runs)]
+        pending = list(ids)
+        while pending:
+            for backtest_id in ids:
+                started = time.perf_counter()
+                status = service.status(TENANT, backtest_id)
+                latencies.append((time.perf_counter() - started) * 1000)
+                if status.status in ("completed", "failed") and backtest_id in pending:
+                    pending.remove(backtest_id)
+            time.sleep(0.01)
+        return latencies
+    finally:
+        service.close()
+
+
 def measure_rss(bench: Bench, runs: int) -> tuple[float, float]:
     service = bench.service(pool_size=2)
     try:
@@ -238,6 +259,7 @@ def main() -> None:
         pool_off = measure_latency(bench, 0, latency_runs, bare_value)
         pool_on = measure_latency(bench, 2, latency_runs, bare_value)
         throughput = measure_throughput(bench, batch_runs)
+        status_ms = measure_status_latency(bench, 20)
         rss_before, rss_after = measure_rss(bench, rss_runs)
 
     figures: dict[str, Any] = {
@@ -251,6 +273,8 @@ def main() -> None:
         "overhead_cpu_seconds_per_run": throughput["sandbox_cpu_per_run"]
         - throughput["bare_cpu_per_run"],
         "bare_cpu_seconds_per_run": throughput["bare_cpu_per_run"],
+        "status_p50_ms": statistics.median(status_ms),
+        "status_p99_ms": percentile(status_ms, 99),
         "rss_growth_mb": rss_after - rss_before,
         "rss_before_mb": rss_before,
         "runs": {"latency": latency_runs, "batch": batch_runs, "rss": rss_runs},
@@ -271,6 +295,8 @@ def main() -> None:
           f"                {figures['overhead_cpu_seconds_per_run']:.2f}")
     print(f"(d) server RSS over {rss_runs} runs: {rss_before:.1f} -> {rss_after:.1f} MB"
           f"      < 20 MB   {figures['rss_growth_mb']:+.1f} MB")
+    print(f"(e) get_backtest_status while 20 run: p50 {figures['status_p50_ms']:.2f} ms, p99"
+          f"          < 50 ms   {figures['status_p99_ms']:.2f} ms")
     if args.json:
         print(json.dumps(figures))
 

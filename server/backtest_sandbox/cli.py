@@ -43,7 +43,8 @@ CONFIG_FLAGS: dict[str, tuple[str, type]] = {
     "--data-source": ("data_source", str),
 }
 
-# Settings that CONTRACT.md section 6 names, each also a flag (the flag wins over the env).
+# Settings that CONTRACT.md section 6 names, and the tenancy ones, each also a flag (the flag
+# wins over the env).
 SETTING_FLAGS: dict[str, tuple[str, type]] = {
     "--data-dir": ("data_dir", Path),
     "--state-dir": ("state_dir", Path),
@@ -51,6 +52,9 @@ SETTING_FLAGS: dict[str, tuple[str, type]] = {
     "--runtime": ("runtime", str),
     "--pool-size": ("pool_size", int),
     "--api-tokens": ("api_tokens", str),
+    "--tenant-max-running": ("tenant_max_running", int),
+    "--tenant-max-queued": ("tenant_max_queued", int),
+    "--allowed-hosts": ("allowed_hosts", str),
 }
 
 
@@ -76,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="HTTP without BACKTEST_API_TOKENS, on a loopback --host only: one local tenant",
+    )
 
     build = commands.add_parser("build-image", help="build the runner image (air-gapped)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is current")
@@ -218,7 +227,13 @@ def _print_outcome(outcome: RunOutcome) -> None:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .mcp_app import serve  # imported here: the MCP stack is only needed by `serve`
 
-    serve(settings, transport=args.transport, host=args.host, port=args.port)
+    serve(
+        settings,
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        insecure_no_auth=args.insecure_no_auth,
+    )
     return 0
 
 

@@ -59,3 +59,13 @@ class NotFound(BacktestSandboxError):
     def __init__(self, backtest_id: str) -> None:
         super().__init__(f"backtest_id: no backtest {backtest_id!r}")
         self.backtest_id = backtest_id
+
+
+class QuotaExceeded(BacktestSandboxError):
+    """A tenant's quota refuses the request; `rule` is the setting that sets the limit."""
+
+    def __init__(self, rule: str, message: str, *, limit: int, current: int) -> None:
+        super().__init__(f"{rule}: {message}")
+        self.rule = rule
+        self.limit = limit
+        self.current = current

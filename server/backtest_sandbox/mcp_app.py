@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import anyio
@@ -23,7 +26,7 @@ from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, WithJsonSchema
 
-from . import __version__, views
+from . import __version__, tenancy, views
 from .errors import BacktestSandboxError
 from .models import JobStatus
 from .service import BacktestService
@@ -97,11 +100,6 @@ def _chart_schema(description: str) -> dict[str, Any]:
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
 
-def local_tenant(ctx: Context[Any, Any]) -> str:
-    """stdio (and HTTP until tokens are configured): one local tenant."""
-    return "local"
-
-
 async def _call(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run a blocking service call on a worker thread; our errors become `ToolError`s.
 
@@ -142,12 +140,26 @@ async def _wait(
 
 
 def build_server(
-    service: BacktestService, *, tenant_of: TenantResolver = local_tenant
+    service: BacktestService,
+    *,
+    tenant_of: TenantResolver = tenancy.local_tenant,
+    access: tenancy.HttpAccess | None = None,
 ) -> MCPServer[Any]:
-    """The MCP server over `service`; `tenant_of` says whose backtests a request sees."""
+    """The MCP server over `service`; `tenant_of` says whose backtests a request sees.
+
+    With `access` (HTTP), its tokens switch on the SDK's bearer middleware (401 before any
+    tool runs) and the tenant comes from the verified token instead.
+    """
+    tokens = None if access is None else access.tokens
     mcp: MCPServer[Any] = MCPServer(
-        "backtest-sandbox", version=__version__, instructions=INSTRUCTIONS
+        "backtest-sandbox",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        token_verifier=tokens,
+        auth=None if access is None else access.auth_settings(),
     )
+    if access is not None:
+        tenant_of = access.tenant_of
     _add_job_tools(mcp, service, tenant_of)
     _add_result_tools(mcp, service, tenant_of)
     _add_config_resources(mcp, service.settings)
@@ -314,39 +326,96 @@ async def _close_on_sigterm(service: BacktestService) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def configure_logging() -> None:
+    """Log lines, the audit trail among them, to stderr: stdout is the stdio transport's."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger(tenancy.AUDIT_LOGGER).setLevel(logging.INFO)
+
+
 def serve(
     settings: Settings,
     transport: Literal["stdio", "http", "streamable-http"] = "stdio",
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    *,
+    insecure_no_auth: bool = False,
 ) -> None:
     """Run the MCP server until stdin closes (stdio) or a signal stops it (HTTP).
 
-    Jobs left by an earlier process are accounted for first; on the way out, running
-    containers are killed and their jobs go back to the queue for the next start.
+    HTTP requires a bearer token per request (`BACKTEST_API_TOKENS`) and refuses to start
+    without one, unless `insecure_no_auth` on a loopback address. Jobs left by an earlier
+    process are accounted for first; on the way out, running containers are killed and their
+    jobs go back to the queue for the next start.
 
     Raises:
         ValueError: an unknown transport.
+        InvalidRequest: HTTP without tokens, malformed tokens, or a misused opt-out; nothing
+            was started.
         sqlite3.Error: the job store cannot be opened.
     """
     from .engine import Engine  # here: importing the MCP app must not need the Docker stack
 
     if transport not in ("stdio", "http", "streamable-http"):
         raise ValueError(f"transport: must be stdio or http, not {transport!r}")
+    configure_logging()
+    access = None
+    if transport != "stdio":
+        access = tenancy.http_access(
+            settings, host=host, port=port, insecure_no_auth=insecure_no_auth
+        )
     service = BacktestService(settings, Engine(settings))
+    stopped_by = None
     with service:
-        server = build_server(service)
-        if transport == "stdio":
+        server = build_server(service, access=access)
+        if access is None:
             anyio.run(_run_stdio, server, service)
         else:
-            # Room for the largest accepted strategy JSON-escaped, so that an oversized one
-            # gets the tool's clear error rather than a bare HTTP 413.
-            body_limit = max(DEFAULT_MAX_REQUEST_BODY_SIZE, 8 * settings.max_code_bytes)
-            anyio.run(
-                functools.partial(
-                    server.run_streamable_http_async,
-                    host=host,
-                    port=port,
-                    max_request_body_size=body_limit,
-                )
-            )
+            stopped_by = _run_http(server, access, host=host, port=port, settings=settings)
+    if stopped_by is not None:
+        # The service is closed: now die of the signal, as the caller expects.
+        signal.signal(stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped_by)
+
+
+def _run_http(
+    server: MCPServer[Any],
+    access: tenancy.HttpAccess,
+    *,
+    host: str,
+    port: int,
+    settings: Settings,
+) -> int | None:
+    """Serve streamable HTTP until SIGTERM or SIGINT; return the signal that stopped it.
+
+    uvicorn re-raises the signal it stopped on once it is done, which would kill the process
+    before the service is closed: running containers left behind, their jobs not re-queued.
+    Our own handler is what it restores and re-raises to, so the caller closes the service
+    first. The handler also stops uvicorn when a signal comes before uvicorn's is installed.
+    """
+    import uvicorn  # the SDK's own HTTP server; only `serve --transport http` needs it
+
+    # Room for the largest accepted strategy JSON-escaped, so that an oversized one gets the
+    # tool's clear error rather than a bare HTTP 413.
+    body_limit = max(DEFAULT_MAX_REQUEST_BODY_SIZE, 8 * settings.max_code_bytes)
+    app = server.streamable_http_app(
+        max_request_body_size=body_limit, transport_security=access.security, host=host
+    )
+    web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        web.should_exit = True
+
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals}
+    try:
+        anyio.run(web.serve)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0] if received else None

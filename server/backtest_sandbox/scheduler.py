@@ -14,7 +14,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from . import views
+from . import tenancy, views
 from .config import BacktestConfig
 from .engine import Language, ProgressCallback, RunRequest
 from .errors import ErrorType
@@ -90,7 +90,11 @@ class _ProgressWriter:
 
 
 class Scheduler:
-    """Runs queued jobs on `workers` threads; cancels running ones on request."""
+    """Runs queued jobs on `workers` threads; cancels running ones on request.
+
+    A tenant with `tenant_max_running` jobs running is skipped when the next job is picked:
+    its other jobs wait, and a free worker takes another tenant's job or stays idle.
+    """
 
     def __init__(
         self,
@@ -98,11 +102,13 @@ class Scheduler:
         engine: EngineLike,
         *,
         workers: int,
+        tenant_max_running: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._engine = engine
         self._workers = workers
+        self._tenant_max_running = tenant_max_running  # None: a tenant may use every worker
         self._clock = clock
         self._cond = threading.Condition()
         self._signals = 0  # bumped by every wake(); lets a worker see a wake it raced with
@@ -203,7 +209,7 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 return None
-            job = self._store.claim_next()
+            job = self._store.claim_next(max_running_per_tenant=self._tenant_max_running)
             if job is not None:
                 self._running[job.id] = threading.Event()
             return job
@@ -233,10 +239,14 @@ class Scheduler:
             outcome = _internal_failure(f"internal error: {type(e).__name__}")
         with self._cond:
             stopping = self._stopping
-        if stopping and outcome.status is JobStatus.CANCELLED:
+        if (
+            stopping
+            and outcome.status is JobStatus.CANCELLED
+            and self._store.requeue(job.id)
+        ):
             # Killed by stop(), not by a user: run it again at the next start. A job the user
-            # cancelled is no longer running in the store, so requeue leaves it alone.
-            self._store.requeue(job.id)
+            # cancelled is no longer running in the store, so requeue leaves it alone, and
+            # recording it below changes nothing but its audit line.
             return
         self._record(job, outcome)
 
@@ -251,13 +261,23 @@ class Scheduler:
             ).model_dump_json()
         error_json = outcome.error.model_dump_json() if outcome.error is not None else None
         cache_key = job.cache_key if outcome_is_cacheable(outcome) else None
-        self._store.finish(
+        recorded = self._store.finish(
             job.id,
             outcome.status,
             result_json=result_json,
             view_json=view_json,
             error_json=error_json,
             cache_key=cache_key,
+        )
+        tenancy.audit(
+            "finish",
+            job.tenant,
+            job.id,
+            tenancy.code_sha256(job.code),
+            # Not recorded: cancelled or deleted while it ran, and that decision stands.
+            status=outcome.status.value if recorded else "discarded",
+            error_type=None if outcome.error is None else outcome.error.type.value,
+            seconds=round(outcome.execution_time_seconds, 3),
         )
 
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import views
+from . import tenancy, views
 from .charts import MAX_RENDERED_POINTS, render_png
 from .config import parse_config
 from .engine import Language, RunRequest
-from .errors import BacktestSandboxError, ErrorType, InvalidRequest, NotFound
+from .errors import BacktestSandboxError, ErrorType, InvalidRequest, NotFound, QuotaExceeded
 from .models import BacktestResult, JobStatus, RunError
 from .scheduler import EngineLike, Scheduler
 from .settings import Settings
@@ -117,7 +117,12 @@ class BacktestService:
         self.settings = settings
         self._engine = engine
         self._store = store or JobStore(settings.state_dir / "jobs.sqlite3")
-        self._scheduler = Scheduler(self._store, engine, workers=settings.max_workers)
+        self._scheduler = Scheduler(
+            self._store,
+            engine,
+            workers=settings.max_workers,
+            tenant_max_running=settings.effective_tenant_max_running,
+        )
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -177,9 +182,35 @@ class BacktestService:
     ) -> views.SubmitResponse:
         """Queue a backtest, or answer at once from the cache or for an unrunnable language.
 
+        Every submission, refused ones included, leaves one audit line.
+
         Raises:
             InvalidRequest: the code, the language or the config breaks a rule; nothing queued.
+            QuotaExceeded: the tenant has `tenant_max_queued` jobs queued; nothing queued.
         """
+        code_hash = tenancy.code_sha256(code_content)
+        try:
+            response = self._submit(tenant, code_content, language, config)
+        except InvalidRequest as e:
+            tenancy.audit("submit", tenant, None, code_hash, status="rejected", field=e.field)
+            raise
+        except QuotaExceeded as e:
+            tenancy.audit("submit", tenant, None, code_hash, status="rejected", rule=e.rule)
+            raise
+        tenancy.audit(
+            "submit",
+            tenant,
+            response.backtest_id,
+            code_hash,
+            status=response.status.value,
+            cached=response.cached,
+            error_type=None if response.error is None else response.error.type.value,
+        )
+        return response
+
+    def _submit(
+        self, tenant: str, code_content: Any, language: Any, config: Any
+    ) -> views.SubmitResponse:
         code = check_code(code_content, self.settings.max_code_bytes)
         lang = check_language(language)
         parsed = parse_config(
@@ -214,8 +245,8 @@ class BacktestService:
         job = replace(job, cache_key=self._cache_key(request))
         hit = self._from_cache(job)
         if hit is not None:
-            return hit
-        self._store.insert(job)
+            return hit  # never queued: no quota applies
+        self._store.insert(job, max_queued=self.settings.tenant_max_queued)
         self._scheduler.wake()
         return views.SubmitResponse(backtest_id=job.id, status=JobStatus.QUEUED, cached=False)
 
@@ -420,33 +451,53 @@ class BacktestService:
 
     def cancel(self, tenant: str, backtest_id: Any) -> views.CancelResponse:
         """Cancel a queued or running job at once (a running container is killed); a finished
-        job keeps its status.
+        job keeps its status. Leaves an audit line, for an unknown id too.
 
         Raises:
             NotFound: no such job for this tenant.
         """
-        job = self.summary(tenant, backtest_id)
-        change = self._store.cancel(tenant, job.id)
-        if change is None:  # deleted meanwhile
-            raise NotFound(job.id)
+        code = self._code_for_audit(tenant, backtest_id)
+        try:
+            job = self.summary(tenant, backtest_id)
+            change = self._store.cancel(tenant, job.id)
+            if change is None:  # deleted meanwhile
+                raise NotFound(job.id)
+        except NotFound:
+            tenancy.audit("cancel", tenant, backtest_id, code, status="not_found")
+            raise
         before, now = change
         if before is JobStatus.RUNNING:
             self._scheduler.cancel(job.id)
+        tenancy.audit("cancel", tenant, job.id, code, before=before.value, status=now.value)
         return views.CancelResponse(backtest_id=job.id, status=now)
 
     def delete(self, tenant: str, backtest_id: Any) -> views.DeleteResponse:
-        """Delete a job and its result; a running one is killed first.
+        """Delete a job and its result; a running one is killed first. Leaves an audit line,
+        for an unknown id too.
 
         Raises:
             NotFound: no such job for this tenant.
         """
-        job = self.summary(tenant, backtest_id)
-        before = self._store.delete(tenant, job.id)
-        if before is None:
-            raise NotFound(job.id)
+        code = self._code_for_audit(tenant, backtest_id)
+        try:
+            job = self.summary(tenant, backtest_id)
+            before = self._store.delete(tenant, job.id)
+            if before is None:
+                raise NotFound(job.id)
+        except NotFound:
+            tenancy.audit("delete", tenant, backtest_id, code, status="not_found")
+            raise
         if before is JobStatus.RUNNING:
             self._scheduler.cancel(job.id)
+        tenancy.audit("delete", tenant, job.id, code, before=before.value, status="deleted")
         return views.DeleteResponse(backtest_id=job.id, deleted=True)
+
+    def _code_for_audit(self, tenant: str, backtest_id: Any) -> str:
+        """The SHA-256 of the tenant's job's code; `-` when there is no such job."""
+        if not isinstance(backtest_id, str) or not ID_PATTERN.fullmatch(backtest_id):
+            return "-"
+        code = self._store.code(tenant, backtest_id)
+        return "-" if code is None else tenancy.code_sha256(code)
 
 
 def _rebrand(stored: str | None, backtest_id: str) -> str | None:

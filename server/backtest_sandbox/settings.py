@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,8 +33,14 @@ class Settings(BaseSettings):
     max_workers: int = Field(default_factory=default_workers, ge=1, le=64)
     runtime: Literal["auto", "runc", "runsc"] = "auto"
     pool_size: int | None = Field(None, ge=0, le=64)  # None: the worker count
-    api_tokens: str = ""  # "token1:tenant_a,token2:tenant_b"
+    # "token1:tenant_a,token2:tenant_b". Secret: a repr or a log of the settings shows stars.
+    api_tokens: SecretStr = SecretStr("")
     pool_max_age_seconds: float = Field(300.0, gt=0)  # idle warm containers are recycled
+
+    # Tenants (README "Multi-tenant HTTP").
+    tenant_max_running: int | None = Field(None, ge=1)  # None: max_workers (no per-tenant cap)
+    tenant_max_queued: int = Field(100, ge=1)  # a submission beyond it is refused
+    allowed_hosts: str = ""  # extra Host header values for HTTP, comma-separated
 
     # The runner image.
     image_repository: str = "backtest-sandbox-runner"
@@ -69,16 +75,18 @@ class Settings(BaseSettings):
     def effective_pool_size(self) -> int:
         return self.max_workers if self.pool_size is None else self.pool_size
 
+    @property
+    def effective_tenant_max_running(self) -> int:
+        return self.max_workers if self.tenant_max_running is None else self.tenant_max_running
+
     def tenant_tokens(self) -> dict[str, str]:
         """token -> tenant, from `api_tokens`.
 
         Raises:
-            ValueError: an entry is not `token:tenant`.
+            ValueError: an entry breaks a rule of `tenancy.parse_api_tokens` (the message names
+                the entry by its position, never its token).
         """
-        tokens: dict[str, str] = {}
-        for entry in filter(None, (e.strip() for e in self.api_tokens.split(","))):
-            token, sep, tenant = entry.partition(":")
-            if not sep or not token or not tenant:
-                raise ValueError("BACKTEST_API_TOKENS: each entry must be token:tenant")
-            tokens[token] = tenant
-        return tokens
+        # Imported here: the tenancy module needs the MCP stack, which `run` does not.
+        from .tenancy import parse_api_tokens
+
+        return parse_api_tokens(self.api_tokens.get_secret_value())

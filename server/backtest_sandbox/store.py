@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import QuotaExceeded
 from .models import JobStatus
 
 SCHEMA_VERSION = 1
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_json TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant_status ON jobs (tenant, status);  -- quotas
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_cache_key ON jobs (cache_key);
 CREATE TABLE IF NOT EXISTS cache (
@@ -272,15 +274,32 @@ class JobStore:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def insert(self, job: NewJob) -> Job:
+    def insert(self, job: NewJob, *, max_queued: int | None = None) -> Job:
         """Insert one job; a cache hit also counts towards the tenant's `cache_hits`.
 
+        With `max_queued`, a queued job is refused when its tenant already has that many
+        queued: counted in the same transaction, so concurrent submissions cannot overshoot.
+
         Raises:
+            QuotaExceeded: the tenant's queue is full (rule `tenant_max_queued`).
             sqlite3.IntegrityError: the id is already taken.
         """
         now = self._clock()
         finished = now if job.status.is_terminal else None
         with self._transaction() as conn:
+            if max_queued is not None and job.status is JobStatus.QUEUED:
+                (queued,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status = 'queued'",
+                    (job.tenant,),
+                ).fetchone()
+                if queued >= max_queued:
+                    raise QuotaExceeded(
+                        "tenant_max_queued",
+                        f"{queued} of your backtests are queued, the most a tenant may have"
+                        " waiting; cancel some or wait until they start",
+                        limit=max_queued,
+                        current=queued,
+                    )
             conn.execute(
                 "INSERT INTO jobs (id, tenant, status, language, code, config_json, cache_key,"
                 " cached, symbol, timeframe, created_at, finished_at, result_json, view_json,"
@@ -325,6 +344,14 @@ class JobStore:
             ).fetchone()
         return None if row is None else _summary(row)
 
+    def code(self, tenant: str, job_id: str) -> str | None:
+        """The job's code, or None when it is not the tenant's (for audit lines)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT code FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
+            ).fetchone()
+        return None if row is None else str(row["code"])
+
     def list_jobs(
         self, tenant: str, *, status: JobStatus | None, limit: int, before_seq: int | None
     ) -> tuple[list[JobSummary], bool]:
@@ -343,13 +370,13 @@ class JobStore:
             rows = conn.execute(sql, args).fetchall()
         return [_summary(row) for row in rows[:limit]], len(rows) > limit
 
-    def claim_next(self) -> Job | None:
-        """Mark the next queued job running and return it, or None when nothing is queued.
+    def claim_next(self, *, max_running_per_tenant: int | None = None) -> Job | None:
+        """Mark the next queued job running and return it, or None when nothing is claimable.
 
         Fair across tenants: the tenant with the fewest running jobs goes first, then the one
         served least recently, then its oldest job. One tenant's flood of jobs thus never holds
         back another tenant's first job, even with one worker; alone, a tenant is served first
-        in, first out.
+        in, first out. A tenant with `max_running_per_tenant` jobs running is skipped.
         """
         now = self._clock()
         with self._transaction() as conn:
@@ -358,9 +385,10 @@ class JobStore:
                 " LEFT JOIN (SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'running'"
                 "  GROUP BY tenant) AS r ON r.tenant = j.tenant"
                 " LEFT JOIN tenants AS t ON t.tenant = j.tenant"
-                " WHERE j.status = 'queued'"
+                " WHERE j.status = 'queued' AND (:cap IS NULL OR COALESCE(r.n, 0) < :cap)"
                 " ORDER BY COALESCE(r.n, 0), COALESCE(t.last_claim, 0), j.created_at, j.seq"
-                " LIMIT 1"
+                " LIMIT 1",
+                {"cap": max_running_per_tenant},
             ).fetchone()
             if row is None:
                 return None

@@ -394,6 +394,8 @@ def config_document(settings: Settings) -> dict[str, Any]:
             "max_memory_mb": settings.max_memory_mb,
             "min_memory_mb": MIN_MEMORY_MB,
             "max_workers": settings.max_workers,
+            "tenant_max_running": settings.effective_tenant_max_running,
+            "tenant_max_queued": settings.tenant_max_queued,
             "log_cap_bytes": settings.log_cap_bytes,
             "result_cap_bytes": settings.result_cap_bytes,
         },

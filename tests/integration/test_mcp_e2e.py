@@ -19,15 +19,20 @@ from typing import Any
 
 import anyio
 import docker
+import httpx2
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp_types import ImageContent, TextContent
 
 from tests.conftest import DOCKER, LABEL, left_behind
 
 pytestmark = [*DOCKER, pytest.mark.slow, pytest.mark.anyio]
 
+# HTTP needs a token (tests/integration/test_multitenant_e2e.py has the tenants); its tenant is
+# the same local one stdio serves.
+HTTP_TOKEN = "mcp-e2e-token-0123456789"
 CONFIG = {"symbol": "IDX", "timeframe": "D1", "start_date": "2006-01-01", "end_date": "2006-12-31"}
 
 SMA_CROSS = """
@@ -73,6 +78,7 @@ def server_env(data_dir: Path, tmp_path: Path) -> dict[str, str]:
         "BACKTEST_STATE_DIR": str(tmp_path / "state"),
         "BACKTEST_MAX_WORKERS": "2",
         "BACKTEST_POOL_SIZE": "0",  # every labelled container is then a running backtest
+        "BACKTEST_API_TOKENS": f"{HTTP_TOKEN}:local",
     }
 
 
@@ -146,7 +152,11 @@ def http_server(server_env: dict[str, str], free_tcp_port: int, tmp_path: Path) 
 
 @asynccontextmanager
 async def http_client(server: HttpServer) -> AsyncIterator[Client]:
-    async with Client(server.url, read_timeout_seconds=120) as client:
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {HTTP_TOKEN}"}) as http,
+        Client(streamable_http_client(server.url, http_client=http), read_timeout_seconds=120)
+        as client,
+    ):
         yield client
 
 
