@@ -139,7 +139,13 @@ class Sandbox:
             "user": f"{s.sandbox_uid}:{s.sandbox_uid}",  # never root inside
             "network_mode": "none",  # no interface but loopback
             "read_only": True,  # the image cannot be changed
-            "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={s.tmpfs_mb}m,mode=1777"},
+            # nr_inodes: one inode per 4 KiB page of the cap. tmpfs's default is half the host's
+            # RAM pages, so an inode flood (empty files) would otherwise grow unreclaimable
+            # kernel memory until an OOM kill or the timeout, instead of a plain ENOSPC.
+            "tmpfs": {
+                "/tmp": f"rw,noexec,nosuid,nodev,size={s.tmpfs_mb}m,nr_inodes={s.tmpfs_mb * 256},"
+                "mode=1777"
+            },
             "shm_size": f"{s.tmpfs_mb}m",  # /dev/shm is a tmpfs too; cap it the same
             "ipc_mode": "private",
             "cap_drop": ["ALL"],  # no capability at all, not even CHOWN or NET_RAW

@@ -19,10 +19,12 @@ from .errors import ErrorType
 from .models import JobStatus, RunError
 from .report import InvalidReport, Report, RuntimeErrorReport, parse_report
 from .rundir import OversizeError, RunDir
-from .sandbox import Sandbox
+from .sandbox import ExitState, Sandbox
 
 POLL_SECONDS = 0.25  # how often the loop checks cancel and progress while it waits
 STOP_WAIT_SECONDS = 15.0  # how long a SIGKILLed container may take to be reported stopped
+OOM_SETTLE_SECONDS = 1.0  # how long a SIGKILL exit waits for Docker's OOM flag to arrive
+SIGKILL_EXIT = 128 + signal.SIGKILL  # docker-init's exit code when its child was SIGKILLed
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def watch(
     if sandbox.wait(container, STOP_WAIT_SECONDS) is None:
         sandbox.kill(container)  # should never be needed: SIGKILL is not refusable
     state = sandbox.exit_state(container)
+    if not (timed_out or cancelled):
+        state = _settle_oom_flag(sandbox, container, state)
     result: bytes | None = None
     problem: str | None = None
     try:
@@ -103,6 +107,22 @@ def watch(
         result=result,
         result_problem=problem,
     )
+
+
+def _settle_oom_flag(sandbox: Sandbox, container: Container, state: ExitState) -> ExitState:
+    """Docker's OOM flag, once it has settled.
+
+    containerd reports the OOM event and the exit separately; under load dockerd may record
+    the exit first and set OOMKilled a moment later. A SIGKILL exit we did not send is the
+    only case where that matters, so only that one waits for the flag.
+    """
+    deadline = time.monotonic() + OOM_SETTLE_SECONDS
+    while state.exit_code == SIGKILL_EXIT and not state.oom_killed:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+        state = sandbox.exit_state(container)
+    return state
 
 
 def _terminate(sandbox: Sandbox, container: Container, grace_seconds: float) -> None:

@@ -7,35 +7,11 @@ import time
 import pytest
 
 from tests.conftest import DOCKER, left_behind
+from tests.strategies import SMA_CROSS, strategy_with
 
 pytestmark = DOCKER
 
 RANGE = ["--symbol", "IDX", "--timeframe", "D1", "--start", "2006-01-01", "--end", "2006-12-31"]
-
-SMA_CROSS = """
-import backtrader as bt
-
-class SmaCross(bt.Strategy):
-    params = (("fast", 5), ("slow", 20))
-
-    def __init__(self):
-        fast, slow = bt.ind.SMA(period=self.p.fast), bt.ind.SMA(period=self.p.slow)
-        self.cross = bt.ind.CrossOver(fast, slow)
-
-    def next(self):
-        if not self.position and self.cross > 0:
-            self.buy()
-        elif self.position and self.cross < 0:
-            self.close()
-"""
-
-
-def strategy_with(body: str, imports: str = "") -> str:
-    """A strategy whose `next` runs `body` on the first bar."""
-    indented = "\n".join("        " + line for line in body.strip().splitlines())
-    header = f"import backtrader as bt\n{imports}\n\n"
-    return header + f"class S(bt.Strategy):\n    def next(self):\n{indented}\n"
-
 
 def test_valid_strategy_completes_with_metrics(cli, write_strategy):
     run = cli("run", str(write_strategy(SMA_CROSS)), *RANGE, "--json")

@@ -12,21 +12,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import docker
-import httpx2
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 from mcp_types import ImageContent, TextContent
 
 from tests.conftest import DOCKER, LABEL, left_behind
+from tests.mcp_helpers import call, connect_http, error
+from tests.strategies import SMA_CROSS, strategy_with
 
 pytestmark = [*DOCKER, pytest.mark.slow, pytest.mark.anyio]
 
@@ -34,31 +34,6 @@ pytestmark = [*DOCKER, pytest.mark.slow, pytest.mark.anyio]
 # the same local one stdio serves.
 HTTP_TOKEN = "mcp-e2e-token-0123456789"
 CONFIG = {"symbol": "IDX", "timeframe": "D1", "start_date": "2006-01-01", "end_date": "2006-12-31"}
-
-SMA_CROSS = """
-import backtrader as bt
-
-class SmaCross(bt.Strategy):
-    params = (("fast", 5), ("slow", 20))
-
-    def __init__(self):
-        fast, slow = bt.ind.SMA(period=self.p.fast), bt.ind.SMA(period=self.p.slow)
-        self.cross = bt.ind.CrossOver(fast, slow)
-
-    def next(self):
-        if not self.position and self.cross > 0:
-            self.buy()
-        elif self.position and self.cross < 0:
-            self.close()
-"""
-
-
-def strategy_with(body: str, imports: str = "") -> str:
-    """A strategy whose `next` runs `body` on every bar."""
-    indented = "\n".join("        " + line for line in body.strip().splitlines())
-    header = f"import backtrader as bt\n{imports}\n\n"
-    return header + f"class S(bt.Strategy):\n    def next(self):\n{indented}\n"
-
 
 def slow(seconds_per_bar: float, tag: str = "") -> str:
     """A strategy that takes seconds_per_bar x 255 bars; `tag` makes its code unique."""
@@ -150,29 +125,8 @@ def http_server(server_env: dict[str, str], free_tcp_port: int, tmp_path: Path) 
         server.stop()
 
 
-@asynccontextmanager
-async def http_client(server: HttpServer) -> AsyncIterator[Client]:
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {HTTP_TOKEN}"}) as http,
-        Client(streamable_http_client(server.url, http_client=http), read_timeout_seconds=120)
-        as client,
-    ):
-        yield client
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return dict(result.structured_content)
-
-
-async def error(client: Client, tool: str, **arguments: Any) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error
-    (content,) = result.content
-    assert isinstance(content, TextContent)
-    return content.text
+def http_client(server: HttpServer) -> AbstractAsyncContextManager[Client]:
+    return connect_http(server.url, HTTP_TOKEN, read_timeout_seconds=120)
 
 
 async def until_done(client: Client, backtest_id: str, timeout: float = 120) -> dict[str, Any]:

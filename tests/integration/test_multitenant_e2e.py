@@ -12,8 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ import anyio
 import httpx2
 import pytest
 from mcp.client import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp_types import TextContent
 
 from tests.conftest import DOCKER
+from tests.mcp_helpers import call, connect_http, error
 
 pytestmark = [*DOCKER, pytest.mark.slow, pytest.mark.anyio]
 
@@ -130,29 +129,8 @@ def serve(
         assert TOKEN_A not in log and TOKEN_B not in log and "wrong-token" not in log
 
 
-@asynccontextmanager
-async def connect(server: Server, token: str) -> AsyncIterator[Client]:
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
-        Client(streamable_http_client(server.url, http_client=http), read_timeout_seconds=60)
-        as client,
-    ):
-        yield client
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return dict(result.structured_content)
-
-
-async def error(client: Client, tool: str, **arguments: Any) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error
-    (content,) = result.content
-    assert isinstance(content, TextContent)
-    return content.text
+def connect(server: Server, token: str) -> AbstractAsyncContextManager[Client]:
+    return connect_http(server.url, token, read_timeout_seconds=60)
 
 
 async def until(client: Client, backtest_id: str, *statuses: str) -> dict[str, Any]:

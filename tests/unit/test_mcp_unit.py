@@ -17,6 +17,8 @@ from mcp_types import CallToolResult, ImageContent, TextContent
 from backtest_sandbox.mcp_app import build_server
 from backtest_sandbox.service import BacktestService
 from backtest_sandbox.settings import Settings
+from tests import mcp_helpers
+from tests.mcp_helpers import error
 from tests.unit.fake_engine import FakeEngine, config
 
 pytestmark = pytest.mark.anyio
@@ -63,23 +65,9 @@ async def client(service: BacktestService) -> AsyncIterator[Client]:
 
 
 async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    """A tool's structured result, which must not be an error."""
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    # The text content is the same object, for clients that read only text.
-    first = result.content[0]
-    assert isinstance(first, TextContent) and json.loads(first.text) == result.structured_content
-    return result.structured_content
-
-
-async def error(client: Client, tool: str, **arguments: Any) -> str:
-    """A tool error's message."""
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error
-    (content,) = result.content
-    assert isinstance(content, TextContent)
-    return content.text
+    """A tool's structured result, which must not be an error; its text content is the same
+    object, for clients that read only text."""
+    return await mcp_helpers.call(client, tool, text_matches=True, **arguments)
 
 
 async def until(client: Client, backtest_id: str, *statuses: str) -> dict[str, Any]:

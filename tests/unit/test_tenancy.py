@@ -9,7 +9,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,6 @@ import httpx2
 import pytest
 import uvicorn
 from mcp.client import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp_types import TextContent
 
 from backtest_sandbox import tenancy, views
 from backtest_sandbox.errors import InvalidRequest, NotFound, QuotaExceeded
@@ -28,6 +26,7 @@ from backtest_sandbox.models import JobStatus
 from backtest_sandbox.service import BacktestService
 from backtest_sandbox.settings import Settings
 from backtest_sandbox.store import JobStore, NewJob
+from tests.mcp_helpers import call, connect_http, error
 from tests.unit.fake_engine import FakeEngine, config
 
 CODE = "import backtrader as bt\nclass S(bt.Strategy):\n    pass\n"
@@ -480,28 +479,8 @@ async def live(
         service.close()
 
 
-@asynccontextmanager
-async def client_for(url: str, token: str) -> AsyncIterator[Client]:
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
-        Client(streamable_http_client(url, http_client=http), read_timeout_seconds=10) as client,
-    ):
-        yield client
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return dict(result.structured_content)
-
-
-async def error(client: Client, tool: str, **arguments: Any) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error
-    (content,) = result.content
-    assert isinstance(content, TextContent)
-    return content.text
+def client_for(url: str, token: str) -> AbstractAsyncContextManager[Client]:
+    return connect_http(url, token, read_timeout_seconds=10)
 
 
 @pytest.mark.anyio
