@@ -72,32 +72,27 @@ def docker_ready() -> Iterator[None]:
         )
     yield
     left = leaked_containers(client)
-    for container in left:
-        container.remove(force=True)
+    for listed in left:
+        client.api.remove_container(listed["Id"], force=True)
     client.close()
-    assert not left, f"containers left behind: {[c.labels for c in left]}"
+    assert not left, f"containers left behind: {[c['Labels'] for c in left]}"
 
 
-def leaked_containers(client: Any) -> list[Any]:
+def leaked_containers(client: Any) -> list[dict[str, Any]]:
     """Our containers that nobody will remove: their owner died, or it is this test process.
 
-    Containers of other live processes (a developer's server) are theirs, not a leak.
+    Containers of other live processes (a developer's server) are theirs, not a leak. Listed
+    with the low-level API: no per-container inspect that a concurrent removal could fail.
     """
     from backtest_sandbox.sandbox import LABEL_OWNER, owner_is_alive, process_owner_id
 
     me = process_owner_id()
-    return [
-        c for c in client.containers.list(all=True, filters={"label": LABEL})
-        if c.labels.get(LABEL_OWNER) == me or not owner_is_alive(c.labels.get(LABEL_OWNER, ""))
-    ]
-
-
-def labelled_containers() -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"],
-        capture_output=True, text=True, check=True,
-    )
-    return out.stdout.split()
+    leaked = []
+    for listed in client.api.containers(all=True, filters={"label": LABEL}):
+        owner = (listed.get("Labels") or {}).get(LABEL_OWNER, "")
+        if owner == me or not owner_is_alive(owner):
+            leaked.append(listed)
+    return leaked
 
 
 def left_behind() -> list[str]:
@@ -106,7 +101,7 @@ def left_behind() -> list[str]:
 
     client = docker_client()
     try:
-        return [c.name for c in leaked_containers(client)]
+        return [c["Names"][0] for c in leaked_containers(client)]
     finally:
         client.close()
 

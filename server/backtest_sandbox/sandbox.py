@@ -241,20 +241,25 @@ class Sandbox:
         data: bytes = self._call(container.logs, stdout=True, stderr=True)
         return data
 
-    def remove(self, container: Container) -> None:
-        """Force-remove the container (killing it if needed); already gone is fine."""
+    def remove(self, container: Container | str) -> None:
+        """Force-remove a container (killing it if needed), by object or id; gone is fine."""
+        container_id = container if isinstance(container, str) else container.id
         try:
-            container.remove(force=True)
+            self.client.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
             if e.status_code != 409 or "already in progress" not in str(e):
-                raise SandboxError(f"removing container {container.short_id}: {e}") from e
+                raise SandboxError(f"removing container {container_id[:12]}: {e}") from e
 
-    def labelled_containers(self) -> list[Container]:
-        """Every container of this project on the daemon, running or not."""
-        found: list[Container] = self._call(
-            self.client.containers.list, all=True, filters={"label": LABEL_PROJECT}
+    def labelled_containers(self) -> list[dict[str, Any]]:
+        """Every container of this project on the daemon, running or not, as listed.
+
+        The low-level list carries the labels: no per-container inspect, so a container that
+        another process removes meanwhile cannot fail the listing.
+        """
+        found: list[dict[str, Any]] = self._call(
+            self.client.api.containers, all=True, filters={"label": LABEL_PROJECT}
         )
         return found
 
@@ -264,9 +269,9 @@ class Sandbox:
         Containers of live processes (another server, a CLI run beside us) are left alone.
         """
         removed = 0
-        for container in self.labelled_containers():
-            if not owner_is_alive(container.labels.get(LABEL_OWNER, "")):
-                self.remove(container)
+        for listed in self.labelled_containers():
+            if not owner_is_alive((listed.get("Labels") or {}).get(LABEL_OWNER, "")):
+                self.remove(str(listed["Id"]))
                 removed += 1
         return removed
 

@@ -49,14 +49,21 @@ def test_raising_strategy_is_runtime_error(cli, write_strategy):
     assert "harness" not in error["details"]["traceback"]
 
 
+def assert_killed_soon_after_the_limit(run, started: float, limit: float) -> None:
+    assert run.status["error"]["type"] == "timeout"
+    # The engine's own wall time, from the container's start to its removal: the limit, the
+    # 1 s SIGTERM grace, and Docker's stop and removal.
+    assert run.status["execution_time_seconds"] < limit + 3
+    # The whole CLI process also pays Python's start-up, slow on a loaded machine.
+    assert time.monotonic() - started < limit + 15
+
+
 def test_busy_loop_times_out_near_the_limit(cli, write_strategy):
     started = time.monotonic()
     run = cli("run", str(write_strategy(strategy_with("while True: pass"))), *RANGE,
               "--timeout", "3", "--json")
-    elapsed = time.monotonic() - started
     assert run.code == 3, run.stderr
-    assert run.status["error"]["type"] == "timeout"
-    assert elapsed < 3 + 6, f"took {elapsed:.1f} s for a 3 s limit"
+    assert_killed_soon_after_the_limit(run, started, limit=3)
 
 
 def test_sigterm_ignoring_strategy_is_killed_all_the_same(cli, write_strategy):
@@ -66,8 +73,7 @@ def test_sigterm_ignoring_strategy_is_killed_all_the_same(cli, write_strategy):
     started = time.monotonic()
     run = cli("run", str(write_strategy(code)), *RANGE, "--timeout", "3", "--json")
     assert run.code == 3, run.stderr
-    assert run.status["error"]["type"] == "timeout"
-    assert time.monotonic() - started < 3 + 6
+    assert_killed_soon_after_the_limit(run, started, limit=3)
 
 
 def test_memory_bomb_is_memory_limit(cli, write_strategy):
