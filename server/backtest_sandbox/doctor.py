@@ -48,9 +48,10 @@ EXPECTED = {
 }
 
 RUNSC_HELP = (
-    "gVisor is optional. To add it: apt-get install runsc (Debian's package), then in "
-    '/etc/docker/daemon.json: {"runtimes": {"runsc": {"path": "/usr/bin/runsc", '
-    '"runtimeArgs": ["--network=none"]}}}, restart dockerd, set BACKTEST_RUNTIME=runsc or auto.'
+    "gVisor is optional. To add it (as root): bash security/install_runsc.sh. It installs "
+    "Debian's runsc package and registers it in /etc/docker/daemon.json with "
+    '"runtimeArgs": ["--network=none", "--platform=ptrace", "--oci-seccomp"], then reloads '
+    "dockerd with SIGHUP (no restart). BACKTEST_RUNTIME=auto then picks it; runsc forces it."
 )
 
 

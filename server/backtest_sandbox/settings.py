@@ -18,6 +18,11 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(os.environ.get(var) or Path.home() / fallback) / "backtest-sandbox"
 
 
+# Docker's default profile tightened where Backtrader needs nothing (security/SECCOMP.md):
+# no ptrace, io_uring, AF_VSOCK, personality changes or modify_ldt among others.
+BUILTIN_SECCOMP_PROFILE = Path(__file__).resolve().parent / "seccomp.json"
+
+
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 10))
 
@@ -58,13 +63,19 @@ class Settings(BaseSettings):
     tmpfs_mb: int = Field(64, ge=1)  # /tmp size; counts towards the memory limit
     nofile: int = Field(256, ge=16)  # open files per process
     fsize_mb: int = Field(64, ge=1)  # largest file the sandbox may write
-    seccomp_profile: Path | None = None  # None: Docker's default profile
+    # A seccomp profile (JSON file); "docker-default" (or empty) for Docker's own, looser one.
+    seccomp_profile: Path | None = BUILTIN_SECCOMP_PROFILE
     kill_grace_seconds: float = Field(1.0, ge=0)  # SIGTERM to SIGKILL on timeout or cancel
 
     # What the host reads back, capped before it is read.
     log_cap_bytes: int = Field(64 * 1024, ge=1024)
     result_cap_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_code_bytes: int = Field(1024 * 1024, ge=1)
+
+    @field_validator("seccomp_profile", mode="before")
+    @classmethod
+    def _docker_default_profile(cls, value: object) -> object:
+        return None if value in ("", "docker-default") else value
 
     @field_validator("data_dir", "state_dir", "cache_dir")
     @classmethod
