@@ -186,7 +186,7 @@ class Engine:
         warnings = list(data.warnings)
         if logs_cut:
             warnings.append(f"logs were cut to {self.settings.log_cap_bytes} bytes")
-        result = self._result(request, data, verdict.report, logs, warnings, sandbox)
+        result = self._result(request, data, verdict.report, logs, warnings, sandbox, container.id)
         return RunOutcome(status=JobStatus.COMPLETED, result=result, logs=logs)
 
     def _result(
@@ -197,6 +197,7 @@ class Engine:
         logs: str,
         warnings: list[str],
         sandbox: Sandbox,
+        container_id: str,
     ) -> BacktestResult:
         config = request.config
         trades = [trade.model_dump() for trade in report.trades]
@@ -226,6 +227,7 @@ class Engine:
                 runner_image=sandbox.image,
                 backtrader_version=report.backtrader_version,
                 runtime=sandbox.runtime or "runc",
+                container_id=container_id,
             ),
             warnings=warnings,
         )

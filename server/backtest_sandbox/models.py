@@ -54,6 +54,7 @@ class Provenance(BaseModel):
     runner_image: str
     backtrader_version: str | None = None
     runtime: str | None = None
+    container_id: str | None = None  # the single-use container that ran it (warm or cold)
 
 
 class BacktestResult(BaseModel):

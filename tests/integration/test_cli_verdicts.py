@@ -24,6 +24,9 @@ def test_valid_strategy_completes_with_metrics(cli, write_strategy):
     assert len(result["equity_curve"]) == 255
     assert result["metrics"]["total_trades"] == len(result["trade_log"]) > 0
     assert result["metrics"]["final_value"] == pytest.approx(result["equity_curve"][-1]["value"])
+    provenance = result["provenance"]
+    assert provenance["runtime"] == "runc" and len(provenance["container_id"]) == 64
+    assert provenance["backtrader_version"] == "1.9.78.123"
     assert left_behind() == []
 
 
