@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     # A seccomp profile (JSON file); "docker-default" (or empty) for Docker's own, looser one.
     seccomp_profile: Path | None = BUILTIN_SECCOMP_PROFILE
     kill_grace_seconds: float = Field(1.0, ge=0)  # SIGTERM to SIGKILL on timeout or cancel
+    library_volumes: bool = True  # serve the image's Python libraries from read-only volumes
 
     # What the host reads back, capped before it is read.
     log_cap_bytes: int = Field(64 * 1024, ge=1024)

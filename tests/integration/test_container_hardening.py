@@ -39,6 +39,14 @@ class Probe(bt.Strategy):
             "Seccomp": status["Seccomp"].strip(),
             "root_write": fails(lambda: open("/evil", "w")),
             "usr_write": fails(lambda: open("/usr/lib/evil", "w")),
+            "stdlib_write": fails(lambda: open("/usr/lib/python3.11/evil.py", "w")),
+            "site_write": fails(
+                lambda: open("/usr/local/lib/python3.11/dist-packages/evil.py", "w")
+            ),
+            "lib_mounts": sorted(
+                line.split()[4] for line in open("/proc/self/mountinfo")
+                if "python3.11" in line.split()[4] and line.split()[5].startswith("ro")
+            ),
             "data_write": fails(lambda: open("/job/data.csv", "a")),
             "data_create": fails(lambda: open("/job/evil", "w")),
             "out_create": fails(lambda: open("/out/evil", "w")),
@@ -60,6 +68,11 @@ def test_sandbox_limits_hold_inside_the_container(cli, write_strategy):
     assert seen["Seccomp"] == "2"
     assert seen["uid"] != 0
     assert seen["root_write"] and seen["usr_write"]  # read-only root filesystem
+    # The image's libraries come from read-only volumes (library_volumes.py), never writable.
+    assert seen["stdlib_write"] and seen["site_write"]
+    assert seen["lib_mounts"] == [
+        "/usr/lib/python3.11", "/usr/local/lib/python3.11/dist-packages"
+    ]
     assert seen["data_write"] and seen["data_create"]  # the data mount is read-only
     assert seen["out_create"]  # only the two files the host made are writable in /out
     assert seen["socket_connect"]  # network none

@@ -26,7 +26,8 @@ def run_dir(tmp_path):
 
 
 def spec_for(run_dir: RunDir, settings: Settings | None = None, runtimes=("runc",)):
-    sandbox = Sandbox(settings or Settings(), FakeClient(runtimes), "runner:test")  # type: ignore[arg-type]
+    settings = settings or Settings(library_volumes=False)
+    sandbox = Sandbox(settings, FakeClient(runtimes), "runner:test")  # type: ignore[arg-type]
     return sandbox.container_spec(run_dir, 256, "bt_1")
 
 
@@ -68,16 +69,30 @@ def test_the_host_environment_never_reaches_the_sandbox(run_dir, monkeypatch):
 
 
 def test_settings_change_the_limits(run_dir):
-    spec = spec_for(run_dir, Settings(pids_limit=32, cpus=0.5, tmpfs_mb=16))
+    spec = spec_for(run_dir, Settings(pids_limit=32, cpus=0.5, tmpfs_mb=16, library_volumes=False))
     assert spec["pids_limit"] == 32 and spec["nano_cpus"] == 500_000_000
     assert "size=16m" in spec["tmpfs"]["/tmp"]
 
 
 def test_auto_runtime_picks_runsc_when_the_daemon_has_it(run_dir):
-    assert spec_for(run_dir, Settings(runtime="auto"), ("runc", "runsc"))["runtime"] == "runsc"
-    assert "runtime" not in spec_for(run_dir, Settings(runtime="runc"), ("runc", "runsc"))
+    both = ("runc", "runsc")
+    auto = Settings(runtime="auto", library_volumes=False)
+    assert spec_for(run_dir, auto, both)["runtime"] == "runsc"
+    assert "runtime" not in spec_for(run_dir, Settings(runtime="runc", library_volumes=False), both)
 
 
 def test_runsc_required_but_missing_is_a_sandbox_error(run_dir):
     with pytest.raises(SandboxError, match="no runsc runtime"):
-        spec_for(run_dir, Settings(runtime="runsc"), ("runc",))
+        spec_for(run_dir, Settings(runtime="runsc", library_volumes=False), ("runc",))
+
+
+def test_library_volumes_are_mounted_read_only(run_dir, monkeypatch):
+    from docker.types import Mount
+
+    import backtest_sandbox.sandbox as sandbox_module
+
+    volumes = [Mount("/usr/lib/python3.11", "backtest-sandbox-lib-x-0", read_only=True)]
+    monkeypatch.setattr(sandbox_module, "library_mounts", lambda *args: volumes)
+    mounts = {m["Target"]: m for m in spec_for(run_dir, Settings())["mounts"]}
+    assert mounts["/usr/lib/python3.11"]["ReadOnly"] is True
+    assert mounts["/usr/lib/python3.11"]["Type"] == "volume"
