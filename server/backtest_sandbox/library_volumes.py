@@ -36,8 +36,13 @@ PROBE = (
 SEED_CHECK = "import backtrader, numpy, pandas"  # the seeded volumes must serve these
 
 
-def library_mounts(client: docker.DockerClient, image: str, lock_dir: Path) -> list[Mount]:
+def library_mounts(
+    client: docker.DockerClient, image: str, lock_dir: Path, labels: dict[str, str]
+) -> list[Mount]:
     """Read-only mounts of the image's library volumes, seeding them on first use.
+
+    `labels` go on the short-lived probe and seeding containers, so that orphan clean-up
+    finds them if this process dies meanwhile.
 
     Raises:
         SandboxError: the volumes could not be seeded (the image or the daemon failed).
@@ -45,19 +50,21 @@ def library_mounts(client: docker.DockerClient, image: str, lock_dir: Path) -> l
     try:
         with _host_lock(lock_dir / "library-volumes.lock"):
             image_id = str(client.images.get(image).id)
-            mounts = _ensure_volumes(client, image, image_id)
+            mounts = _ensure_volumes(client, image, image_id, labels)
             _remove_stale(client, image_id)
             return mounts
     except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
         raise SandboxError(f"preparing the library volumes of {image}: {e}") from e
 
 
-def _ensure_volumes(client: docker.DockerClient, image: str, image_id: str) -> list[Mount]:
+def _ensure_volumes(
+    client: docker.DockerClient, image: str, image_id: str, labels: dict[str, str]
+) -> list[Mount]:
     digest = image_id.split(":")[-1][:16]
     volumes = client.volumes.list(filters={"label": f"{LABEL_LIBRARY}={image_id}"})
     if volumes:
         return [Mount(v.attrs["Labels"]["path"], v.name, read_only=True) for v in volumes]
-    directories = _outermost(json.loads(_run(client, image, PROBE, [])))
+    directories = _outermost(json.loads(_run(client, image, PROBE, [], labels)))
     mounts = [
         Mount(path, f"backtest-sandbox-lib-{digest}-{index}", read_only=False)
         for index, path in enumerate(directories)
@@ -67,7 +74,7 @@ def _ensure_volumes(client: docker.DockerClient, image: str, image_id: str) -> l
             mount["Source"], labels={LABEL_LIBRARY: image_id, "path": mount["Target"]}
         )
     try:
-        _run(client, image, SEED_CHECK, mounts)  # the first mount copies the image in
+        _run(client, image, SEED_CHECK, mounts, labels)  # the first mount copies the image in
     except (docker.errors.DockerException, SandboxError):
         for mount in mounts:  # never leave a half-seeded volume for the next process
             client.volumes.get(mount["Source"]).remove(force=True)
@@ -75,10 +82,21 @@ def _ensure_volumes(client: docker.DockerClient, image: str, image_id: str) -> l
     return [Mount(m["Target"], m["Source"], read_only=True) for m in mounts]
 
 
-def _run(client: docker.DockerClient, image: str, code: str, mounts: list[Mount]) -> str:
+def _run(
+    client: docker.DockerClient,
+    image: str,
+    code: str,
+    mounts: list[Mount],
+    labels: dict[str, str],
+) -> str:
     """Our own code (never a strategy's) in a throwaway container of the image."""
     output: bytes = client.containers.run(
-        image, ["python3", "-I", "-c", code], mounts=mounts, network_mode="none", remove=True
+        image,
+        ["python3", "-I", "-c", code],
+        mounts=mounts,
+        network_mode="none",
+        labels=labels,
+        remove=True,
     )
     return output.decode()
 

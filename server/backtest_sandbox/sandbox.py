@@ -109,9 +109,10 @@ class Sandbox:
         self.image = image
         self.runtime = self._choose_runtime()
         self.owner = process_owner_id()
-        self.library_mounts: list[Mount] = (
-            library_mounts(client, image, settings.cache_dir) if settings.library_volumes else []
-        )
+        self.library_mounts: list[Mount] = []
+        if settings.library_volumes:
+            labels = {LABEL_PROJECT: "1", LABEL_RUN: "library-volumes", LABEL_OWNER: self.owner}
+            self.library_mounts = library_mounts(client, image, settings.cache_dir, labels)
 
     def _choose_runtime(self) -> str | None:
         """The OCI runtime to ask for: None for the daemon's default (runc)."""
