@@ -74,13 +74,12 @@ class Engine:
         """
         with self._lock:
             if self._sandbox is None:
-                client = self._client or docker_client()
+                client = self._client = self._client or docker_client()  # close() releases it
                 tag = image.expected_tag(self.settings)
                 if not image.image_present(client, self.settings):
                     raise SandboxError(
                         f"runner image {tag} is missing; run `backtest-sandbox build-image`"
                     )
-                self._client = client
                 self._sandbox = Sandbox(self.settings, client, tag)
                 if self.settings.effective_pool_size > 0:
                     self._pool = WarmPool(
