@@ -1,13 +1,14 @@
 """The bare baseline: the reference strategy run directly on the host, no sandbox.
 
-`python bench/bare_strategy.py DATA.csv` imports backtrader cold, loads the same normalised bars
-the sandbox gets, runs the same SMA crossover with the same broker settings, and prints the
-final value (so the benchmark can check both sides computed the same thing).
+`python bench/bare_strategy.py DATA.csv CASH COMMISSION STAKE` imports backtrader cold, loads
+the same normalised bars the sandbox gets, runs examples/sma_cross.py with the same broker
+settings, and prints the final value (so the bench can check both sides computed the same).
 """
 
 import collections
 import collections.abc
 import sys
+from pathlib import Path
 
 # The same one shim the runner applies: backtrader 1.9.78.123 still uses collections.Iterable.
 for _name in ("Iterable", "Mapping", "Sequence"):
@@ -17,20 +18,9 @@ for _name in ("Iterable", "Mapping", "Sequence"):
 import backtrader as bt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-
-class SmaCross(bt.Strategy):
-    params = (("fast", 10), ("slow", 30))
-
-    def __init__(self):
-        fast = bt.indicators.SMA(self.data.close, period=self.p.fast)
-        slow = bt.indicators.SMA(self.data.close, period=self.p.slow)
-        self.crossover = bt.indicators.CrossOver(fast, slow)
-
-    def next(self):
-        if not self.position and self.crossover > 0:
-            self.buy()
-        elif self.position and self.crossover < 0:
-            self.close()
+# The very strategy the sandbox runs in the bench, imported from its file rather than copied.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from sma_cross import SmaCross  # noqa: E402
 
 
 def main(path: str, cash: float, commission: float, stake: float) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,3 +51,16 @@ async def error(client: Client, tool: str, **arguments: Any) -> str:
     (content,) = result.content
     assert isinstance(content, TextContent)
     return content.text
+
+
+def wait_until_listening(process: subprocess.Popen[bytes], port: int, timeout: float = 60) -> bool:
+    """True once something accepts connections on 127.0.0.1:port; False if `process` exits
+    first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from enum import IntEnum
 
 
@@ -62,10 +61,6 @@ class Timeframe(IntEnum):
         if self.name.startswith("H"):
             return 60 * int(self.name[1:])
         return {"D1": 1440, "W1": 7 * 1440, "MN1": 30 * 1440}[self.name]
-
-    @property
-    def delta(self) -> timedelta:
-        return timedelta(minutes=self.minutes)
 
     @property
     def periods_per_year(self) -> float:

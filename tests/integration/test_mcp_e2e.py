@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp_types import ImageContent, TextContent
 
 from tests.conftest import DOCKER, LABEL, left_behind
-from tests.mcp_helpers import call, connect_http, error
+from tests.mcp_helpers import call, connect_http, error, wait_until_listening
 from tests.strategies import SMA_CROSS, strategy_with
 
 pytestmark = [*DOCKER, pytest.mark.slow, pytest.mark.anyio]
@@ -86,16 +85,9 @@ class HttpServer:
             stdout=self._log,
             stderr=self._log,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the server did not start; see {log}") from None
-                time.sleep(0.1)
+        if not wait_until_listening(self.process, port):
+            self.stop()
+            raise RuntimeError(f"the server did not start; see {log}")
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

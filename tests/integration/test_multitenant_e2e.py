@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 from mcp.client import Client
 
 from tests.conftest import DOCKER
-from tests.mcp_helpers import call, connect_http, error
+from tests.mcp_helpers import call, connect_http, error, wait_until_listening
 
 pytestmark = [*DOCKER, pytest.mark.slow, pytest.mark.anyio]
 
@@ -78,16 +76,9 @@ class Server:
                  "--port", str(port)],
                 env=env, stdout=out, stderr=out,
             )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the server did not start: {log.read_text()}") from None
-                time.sleep(0.1)
+        if not wait_until_listening(self.process, port):
+            self.stop()
+            raise RuntimeError(f"the server did not start: {log.read_text()}")
 
     def stop(self) -> str:
         """Stop the server (its running containers are killed) and return its log."""
