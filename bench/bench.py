@@ -33,12 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backtest_sandbox.catalog import import_file, prepare
-from backtest_sandbox.config import parse_config
-from backtest_sandbox.engine import Engine
-from backtest_sandbox.service import BacktestService
-from backtest_sandbox.settings import Settings
-from backtest_sandbox.timeframes import Timeframe
+from backtest_sandbox.data.catalog import import_file, prepare
+from backtest_sandbox.domain.config import parse_config
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.domain.timeframes import Timeframe
+from backtest_sandbox.jobs.engine import Engine
+from backtest_sandbox.jobs.service import BacktestService
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BACKTEST_SHARED_DATA", REPO.parent / "shared/data/backtrader"))

@@ -66,7 +66,7 @@ def parallel() -> int:
 def corpus_settings(runtime: str, pool: str, data_dir: Path, state_dir: Path) -> Any:  # noqa: F811
     """The server's settings (every BACKTEST_* as usual) with the corpus's data and state dirs,
     the runtime and pool mode under test, and the seccomp profile."""
-    from backtest_sandbox.settings import Settings
+    from backtest_sandbox.domain.settings import Settings
 
     overrides: dict[str, Any] = {"data_dir": data_dir, "state_dir": state_dir, "runtime": runtime}
     choice = os.environ.get("SECURITY_CORPUS_SECCOMP", str(SECCOMP_PROFILE))
@@ -99,7 +99,7 @@ def _wanted_pool_modes() -> set[str]:
 def mode(request: pytest.FixtureRequest, docker_ready: None) -> tuple[str, str]:  # noqa: F811
     """(runtime, pool). runc always; runsc when the daemon has it. In CI a missing runsc fails
     (.ci/run installs it with security/install_runsc.sh); elsewhere it is skipped, saying how."""
-    from backtest_sandbox.sandbox import docker_client
+    from backtest_sandbox.sandbox.containers import docker_client
 
     name, pool = request.param
     if pool not in _wanted_pool_modes():
@@ -137,8 +137,8 @@ def corpus_result(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CorpusResult]:
     """Runs the (selected) corpus once for this mode, two cases at a time."""
-    from backtest_sandbox.engine import Engine
-    from backtest_sandbox.sandbox import docker_client
+    from backtest_sandbox.jobs.engine import Engine
+    from backtest_sandbox.sandbox.containers import docker_client
 
     runtime, pool = mode
     label = f"{runtime}-{pool}"

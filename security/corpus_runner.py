@@ -39,11 +39,16 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from backtest_sandbox.config import BacktestConfig
-from backtest_sandbox.engine import Engine, RunRequest
-from backtest_sandbox.models import JobStatus, RunOutcome
-from backtest_sandbox.sandbox import LABEL_OWNER, LABEL_PROJECT, LABEL_RUN, process_owner_id
-from backtest_sandbox.settings import BUILTIN_SECCOMP_PROFILE
+from backtest_sandbox.domain.config import BacktestConfig
+from backtest_sandbox.domain.models import JobStatus, RunOutcome
+from backtest_sandbox.domain.settings import BUILTIN_SECCOMP_PROFILE
+from backtest_sandbox.jobs.engine import Engine, RunRequest
+from backtest_sandbox.sandbox.containers import (
+    LABEL_OWNER,
+    LABEL_PROJECT,
+    LABEL_RUN,
+    process_owner_id,
+)
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 SECCOMP_PROFILE = BUILTIN_SECCOMP_PROFILE  # the server's default; shipped in the package

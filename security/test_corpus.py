@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 from tests.conftest import DOCKER
 
-from backtest_sandbox.sandbox import LABEL_OWNER, LABEL_PROJECT, LABEL_RUN, process_owner_id
+from backtest_sandbox.sandbox.containers import (
+    LABEL_OWNER,
+    LABEL_PROJECT,
+    LABEL_RUN,
+    process_owner_id,
+)
 from security.conftest import CorpusResult
 from security.corpus_runner import (
     CANARY_PREFIX,
@@ -96,9 +101,9 @@ def test_case(case, corpus_result: CorpusResult, host_canary_secret: str) -> Non
 def test_the_host_checks_see_a_leak() -> None:
     """The checks are live: a process of the sandbox uid outside any container, and a stopped
     container of this process that nobody removed, are both reported."""
-    from backtest_sandbox import image
-    from backtest_sandbox.sandbox import docker_client
-    from backtest_sandbox.settings import Settings
+    from backtest_sandbox.domain.settings import Settings
+    from backtest_sandbox.image import build as image
+    from backtest_sandbox.sandbox.containers import docker_client
 
     if os.geteuid() != 0:
         pytest.skip("starting a process as the sandbox uid needs root")

@@ -40,8 +40,8 @@ CATALOG_FILES = {
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A catalog holding the shared files, imported through the real `data import` path."""
-    from backtest_sandbox.catalog import import_file
-    from backtest_sandbox.timeframes import Timeframe
+    from backtest_sandbox.data.catalog import import_file
+    from backtest_sandbox.domain.timeframes import Timeframe
 
     root = tmp_path_factory.mktemp("catalog")
     for (symbol, timeframe), name in CATALOG_FILES.items():
@@ -55,10 +55,10 @@ def docker_ready() -> Iterator[None]:
 
     At the end of the session, no container of this project may be left.
     """
-    from backtest_sandbox import image
-    from backtest_sandbox.errors import SandboxError
-    from backtest_sandbox.sandbox import docker_client
-    from backtest_sandbox.settings import Settings
+    from backtest_sandbox.domain.errors import SandboxError
+    from backtest_sandbox.domain.settings import Settings
+    from backtest_sandbox.image import build as image
+    from backtest_sandbox.sandbox.containers import docker_client
 
     try:
         client = docker_client()
@@ -84,7 +84,7 @@ def leaked_containers(client: Any) -> list[dict[str, Any]]:
     Containers of other live processes (a developer's server) are theirs, not a leak. Listed
     with the low-level API: no per-container inspect that a concurrent removal could fail.
     """
-    from backtest_sandbox.sandbox import LABEL_OWNER, owner_is_alive, process_owner_id
+    from backtest_sandbox.sandbox.containers import LABEL_OWNER, owner_is_alive, process_owner_id
 
     me = process_owner_id()
     leaked = []
@@ -97,7 +97,7 @@ def leaked_containers(client: Any) -> list[dict[str, Any]]:
 
 def left_behind() -> list[str]:
     """Names of our containers nobody will remove (see `leaked_containers`)."""
-    from backtest_sandbox.sandbox import docker_client
+    from backtest_sandbox.sandbox.containers import docker_client
 
     client = docker_client()
     try:

@@ -3,7 +3,7 @@
 # expect: result_invalid
 # checks: the host's JSON parse fails cleanly (RecursionError is caught) and the run is
 #   result_invalid; the host process survives
-# control: the host's defensive parse (report.parse_report)
+# control: the host's defensive parse (claim.parse_claim)
 # proof: ATTEMPTED nested result, depth 200000
 import os
 

@@ -2,10 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import BacktestConfig
-from .errors import BacktestSandboxError, ErrorType, SandboxError
-from .models import JobStatus, RunError
-from .settings import Settings
+from backtest_sandbox.domain.config import BacktestConfig
+from backtest_sandbox.domain.errors import BacktestSandboxError, ErrorType, SandboxError
+from backtest_sandbox.domain.models import JobStatus, RunError
+from backtest_sandbox.domain.settings import Settings
 
 try:
     __version__ = version("backtest-sandbox")

@@ -1,5 +1,5 @@
 """`python -m backtest_sandbox`: the same as the `backtest-sandbox` command."""
 
-from .cli import main
+from backtest_sandbox.api.cli import main
 
 raise SystemExit(main())

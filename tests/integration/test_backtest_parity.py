@@ -7,7 +7,7 @@ Each case runs one of the example strategies twice on the same inputs:
 - in this test process, with a Cerebro built here from the same raw file (pandas and
   `bt.feeds.PandasData`), the same cash, `setcommission(commission=...)`,
   `set_slippage_perc(...)`, a `FixedSize` sizer of position_size x contract_size, the params,
-  and the date range inclusive: the mapping CONTRACT.md section 3 promises, written out
+  and the date range inclusive: the mapping docs/interface.md section 3 promises, written out
   independently of the harness.
 
 The final value, the trade count, every closed trade (pnl, pnl after commission, commission,

@@ -31,10 +31,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from backtest_sandbox.config import BacktestConfig
-from backtest_sandbox.engine import Engine, RunRequest
-from backtest_sandbox.models import RunOutcome
-from backtest_sandbox.settings import Settings
+from backtest_sandbox.domain.config import BacktestConfig
+from backtest_sandbox.domain.models import RunOutcome
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.jobs.engine import Engine, RunRequest
 from tests.conftest import DOCKER, SHARED_DATA
 
 pytestmark = DOCKER

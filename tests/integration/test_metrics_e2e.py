@@ -3,7 +3,7 @@
 A run goes through `backtest-sandbox run --json`; this test then recomputes each figure in
 `result.metrics` from `result.equity_curve` and `result.trade_log` alone, with pandas, in
 its own way (pct_change, cummax, a groupby over drawdown episodes, boolean masks over the
-trade table), from the definitions of CONTRACT.md section 4 and metrics.py's docstring,
+trade table), from the definitions of docs/interface.md section 4 and metrics.py's docstring,
 annualised by the run's timeframe. A metric the result has and this test does not recompute
 fails the test, so a new metric cannot go unchecked.
 

@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from backtest_sandbox.engine import RunRequest
-from backtest_sandbox.errors import ErrorType, SandboxError
-from backtest_sandbox.models import (
+from backtest_sandbox.domain.errors import ErrorType, SandboxError
+from backtest_sandbox.domain.models import (
     BacktestResult,
     DataInfo,
     EquityPoint,
@@ -29,6 +28,7 @@ from backtest_sandbox.models import (
     RunError,
     RunOutcome,
 )
+from backtest_sandbox.jobs.engine import RunRequest
 
 NO_DATA_SYMBOL = "NODATA"  # cache_key() returns None for it, as the engine does for no data
 
@@ -87,6 +87,9 @@ class FakeEngine:
         self.on_run: Callable[[RunRequest], None] | None = None
 
     def cache_key(self, request: RunRequest) -> str | None:
+        return self._key(request)
+
+    def _key(self, request: RunRequest) -> str | None:
         if request.config.symbol == NO_DATA_SYMBOL:
             return None
         material = "|".join(
@@ -110,7 +113,10 @@ class FakeEngine:
         try:
             if self.on_run is not None:
                 self.on_run(request)
-            return self._outcome(request, cancel, on_progress)
+            outcome = self._outcome(request, cancel, on_progress)
+            # As the real engine: the key of the data the run read (here, unchanged since submit).
+            outcome.cache_key = self._key(request)
+            return outcome
         finally:
             with self.lock:
                 self.running -= 1

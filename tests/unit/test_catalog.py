@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backtest_sandbox import catalog
-from backtest_sandbox.catalog import (
+from backtest_sandbox.data import catalog
+from backtest_sandbox.data.catalog import (
     MIN_BARS,
     can_resample,
     import_file,
@@ -21,9 +21,9 @@ from backtest_sandbox.catalog import (
     prepare,
     read_bars,
 )
-from backtest_sandbox.config import BacktestConfig
-from backtest_sandbox.errors import DataError, InvalidRequest
-from backtest_sandbox.timeframes import Timeframe
+from backtest_sandbox.domain.config import BacktestConfig
+from backtest_sandbox.domain.errors import DataError, InvalidRequest
+from backtest_sandbox.domain.timeframes import Timeframe
 from tests.conftest import SHARED_DATA
 
 HEADER = "Date,Open,High,Low,Close,Volume"

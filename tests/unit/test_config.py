@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backtest_sandbox.config import parse_config
-from backtest_sandbox.errors import InvalidRequest
-from backtest_sandbox.timeframes import Timeframe
+from backtest_sandbox.domain.config import parse_config
+from backtest_sandbox.domain.errors import InvalidRequest
+from backtest_sandbox.domain.timeframes import Timeframe
 
 BASE = {"symbol": "ORCL", "timeframe": "D1", "start_date": "2000-01-01", "end_date": "2001-01-01"}
 

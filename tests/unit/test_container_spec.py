@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from backtest_sandbox.errors import SandboxError
-from backtest_sandbox.rundir import RunDir
-from backtest_sandbox.sandbox import LABEL_PROJECT, LABEL_RUN, Sandbox
-from backtest_sandbox.settings import Settings
+from backtest_sandbox.domain.errors import SandboxError
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.sandbox.containers import LABEL_PROJECT, LABEL_RUN, Sandbox
+from backtest_sandbox.sandbox.rundir import RunDir
 
 
 class FakeClient:
@@ -89,7 +89,7 @@ def test_runsc_required_but_missing_is_a_sandbox_error(run_dir):
 def test_library_volumes_are_mounted_read_only(run_dir, monkeypatch):
     from docker.types import Mount
 
-    import backtest_sandbox.sandbox as sandbox_module
+    import backtest_sandbox.sandbox.containers as sandbox_module
 
     volumes = [Mount("/usr/lib/python3.11", "backtest-sandbox-lib-x-0", read_only=True)]
     monkeypatch.setattr(sandbox_module, "library_mounts", lambda *args: volumes)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backtest_sandbox import image
-from backtest_sandbox.errors import ImageBuildError
-from backtest_sandbox.settings import Settings
+from backtest_sandbox.domain.errors import ImageBuildError
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.image import build as image
 
 HASH = "0" * 64
 

@@ -1,4 +1,4 @@
-from backtest_sandbox.logs import cap_logs
+from backtest_sandbox.sandbox.logs import cap_logs
 
 
 def test_small_logs_pass_unchanged():

@@ -14,9 +14,9 @@ import pytest
 from mcp.client import Client
 from mcp_types import CallToolResult, ImageContent, TextContent
 
-from backtest_sandbox.mcp_app import build_server
-from backtest_sandbox.service import BacktestService
-from backtest_sandbox.settings import Settings
+from backtest_sandbox.api.mcp_server import build_server
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.jobs.service import BacktestService
 from tests import mcp_helpers
 from tests.mcp_helpers import error
 from tests.unit.fake_engine import FakeEngine, config

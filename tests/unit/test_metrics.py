@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backtest_sandbox.metrics import compute_metrics
+from backtest_sandbox.domain.metrics import compute_metrics
 from tests.conftest import SHARED_DATA
 
 CONTRACT_KEYS = {

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from backtest_sandbox.rundir import OversizeError, RunDir
+from backtest_sandbox.sandbox.rundir import OversizeError, RunDir
 
 
 @pytest.fixture

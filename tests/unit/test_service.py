@@ -10,13 +10,15 @@ from unittest.mock import ANY
 
 import pytest
 
-from backtest_sandbox import views
-from backtest_sandbox.engine import RunRequest
-from backtest_sandbox.errors import ErrorType, InvalidRequest, NotFound, SandboxError
-from backtest_sandbox.models import EquityPoint, JobStatus
-from backtest_sandbox.service import BacktestService
-from backtest_sandbox.settings import Settings
-from backtest_sandbox.store import JobStore
+from backtest_sandbox.api.charts import MAX_RENDERED_POINTS, render_chart
+from backtest_sandbox.api.config_document import config_document
+from backtest_sandbox.domain.errors import ErrorType, InvalidRequest, NotFound, SandboxError
+from backtest_sandbox.domain.models import EquityPoint, JobStatus
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.jobs import views
+from backtest_sandbox.jobs.engine import RunRequest
+from backtest_sandbox.jobs.service import BacktestService
+from backtest_sandbox.jobs.store import JobStore
 from tests.unit.fake_engine import NO_DATA_SYMBOL, FakeEngine, config, make_result
 
 CODE = "import backtrader as bt\nclass S(bt.Strategy):\n    pass\n"
@@ -617,14 +619,17 @@ def test_orders_of_a_failed_job_say_why_there_are_none(service: BacktestService)
 def test_chart_gives_the_series_and_a_png(service: BacktestService, name: str) -> None:
     backtest_id = submit(service, CODE + "# bars: 3000\n")
     wait_for(service, backtest_id, JobStatus.COMPLETED)
-    series, png = service.chart("local", backtest_id, name)
+    series, drawn = service.chart("local", backtest_id, name, draw_points=MAX_RENDERED_POINTS)
+    assert (drawn.points_total, drawn.downsampled) == (3000, True)
+    assert len(drawn.points) <= MAX_RENDERED_POINTS
+    png = render_chart(drawn)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert (series.name, series.points_total, series.downsampled) == (name, 3000, True)
     assert len(series.points) <= views.INLINE_EQUITY_POINTS
-    full, _ = service.chart("local", backtest_id, name, full=True)
+    full, _ = service.chart("local", backtest_id, name, full=True, draw_points=100)
     assert (len(full.points), full.downsampled) == (3000, False)
     with pytest.raises(InvalidRequest, match=r"^name: must be 'equity' or 'drawdown'$"):
-        service.chart("local", backtest_id, "volume")
+        service.chart("local", backtest_id, "volume", draw_points=100)
 
 
 # -- stats and life cycle ----------------------------------------------------------------------
@@ -742,7 +747,7 @@ def test_drawdown_is_percent_below_the_running_peak() -> None:
 
 
 def test_the_config_document_lists_rules_and_limits(tmp_path: Path) -> None:
-    document = views.config_document(settings_for(tmp_path))
+    document = config_document(settings_for(tmp_path))
     assert document["required"] == ["symbol", "timeframe", "start_date", "end_date"]
     assert document["optional"]["initial_capital"] == 10000.0
     assert document["optional"]["params"] == {}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backtest_sandbox.models import JobStatus
-from backtest_sandbox.store import CacheEntry, JobStore, NewJob, Recovery
+from backtest_sandbox.domain.models import JobStatus
+from backtest_sandbox.jobs.store import CacheEntry, JobStore, NewJob, Recovery
 
 
 class Clock:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backtest_sandbox.catalog import normalised_csv, prepare, read_bars
-from backtest_sandbox.config import BacktestConfig
-from backtest_sandbox.errors import DataError
-from backtest_sandbox.synthetic import MAX_BARS, seed_for, session_slots, synthetic_bars
-from backtest_sandbox.timeframes import Timeframe
+from backtest_sandbox.data.catalog import normalised_csv, prepare, read_bars
+from backtest_sandbox.data.synthetic import MAX_BARS, seed_for, session_slots, synthetic_bars
+from backtest_sandbox.domain.config import BacktestConfig
+from backtest_sandbox.domain.errors import DataError
+from backtest_sandbox.domain.timeframes import Timeframe
 
 YEAR = (date(2021, 1, 1), date(2021, 12, 31))
 

@@ -19,13 +19,15 @@ import pytest
 import uvicorn
 from mcp.client import Client
 
-from backtest_sandbox import tenancy, views
-from backtest_sandbox.errors import InvalidRequest, NotFound, QuotaExceeded
-from backtest_sandbox.mcp_app import build_server
-from backtest_sandbox.models import JobStatus
-from backtest_sandbox.service import BacktestService
-from backtest_sandbox.settings import Settings
-from backtest_sandbox.store import JobStore, NewJob
+from backtest_sandbox.api import http_auth as tenancy
+from backtest_sandbox.api.config_document import config_document
+from backtest_sandbox.api.mcp_server import build_server
+from backtest_sandbox.domain.errors import InvalidRequest, NotFound, QuotaExceeded
+from backtest_sandbox.domain.models import JobStatus
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.domain.tenants import parse_api_tokens
+from backtest_sandbox.jobs.service import BacktestService
+from backtest_sandbox.jobs.store import JobStore, NewJob
 from tests.mcp_helpers import call, connect_http, error
 from tests.unit.fake_engine import FakeEngine, config
 
@@ -57,12 +59,12 @@ def settings_for(tmp_path: Path, **changes: Any) -> Settings:
 
 def test_tokens_map_to_tenants() -> None:
     spec = f" {TOKEN_A}:tenant_a , {TOKEN_B}:tenant_b,rotated-token:tenant_a,"
-    assert tenancy.parse_api_tokens(spec) == {
+    assert parse_api_tokens(spec) == {
         TOKEN_A: "tenant_a",
         TOKEN_B: "tenant_b",
         "rotated-token": "tenant_a",
     }
-    assert tenancy.parse_api_tokens("") == {}
+    assert parse_api_tokens("") == {}
 
 
 @pytest.mark.parametrize(
@@ -87,13 +89,13 @@ def test_tokens_map_to_tenants() -> None:
 )
 def test_malformed_tokens_are_refused_without_echoing_them(spec: str, message: str) -> None:
     with pytest.raises(ValueError) as refused:
-        tenancy.parse_api_tokens(spec)
+        parse_api_tokens(spec)
     assert str(refused.value) == f"BACKTEST_API_TOKENS: {message}"
     assert "s3c" not in str(refused.value)
 
 
 def test_a_token_finds_its_tenant_and_nothing_else_does() -> None:
-    tokens = tenancy.TenantTokens(tenancy.parse_api_tokens(TOKENS))
+    tokens = tenancy.TenantTokens(parse_api_tokens(TOKENS))
     assert tokens.tenant_of(TOKEN_A) == "tenant_a"
     assert tokens.tenant_of(TOKEN_B) == "tenant_b"
     for wrong in ("", TOKEN_A[:-1], TOKEN_A + "0", TOKEN_A.upper(), f"Bearer {TOKEN_A}", "é\udcff"):
@@ -121,7 +123,7 @@ def test_every_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.anyio
 async def test_the_verified_access_names_the_tenant_not_the_token() -> None:
-    tokens = tenancy.TenantTokens(tenancy.parse_api_tokens(TOKENS))
+    tokens = tenancy.TenantTokens(parse_api_tokens(TOKENS))
     access = await tokens.verify_token(TOKEN_B)
     assert access is not None
     assert (access.client_id, access.scopes, access.expires_at) == ("tenant_b", [], None)
@@ -201,7 +203,7 @@ def test_http_refuses_to_start_open(
 def test_the_insecure_opt_out_is_one_local_tenant(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="backtest_sandbox.tenancy"):
+    with caplog.at_level(logging.WARNING, logger="backtest_sandbox.api.http_auth"):
         access = tenancy.http_access(
             settings_for(tmp_path), host="localhost", port=9000, insecure_no_auth=True
         )
@@ -213,7 +215,7 @@ def test_the_insecure_opt_out_is_one_local_tenant(
 def test_a_short_token_is_warned_about_by_tenant_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="backtest_sandbox.tenancy"):
+    with caplog.at_level(logging.WARNING, logger="backtest_sandbox.api.http_auth"):
         tenancy.http_access(
             settings_for(tmp_path, api_tokens=f"short1:tenant_s,{TOKEN_A}:tenant_a"),
             host="127.0.0.1",
@@ -255,7 +257,7 @@ def test_allowed_hosts_and_origins_follow_the_bind(
 
 
 def test_the_config_resource_states_the_quotas(tmp_path: Path) -> None:
-    limits = views.config_document(settings_for(tmp_path, max_workers=4, tenant_max_queued=9))
+    limits = config_document(settings_for(tmp_path, max_workers=4, tenant_max_queued=9))
     assert (limits["limits"]["tenant_max_running"], limits["limits"]["tenant_max_queued"]) == (
         4, 9,
     )

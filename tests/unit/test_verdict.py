@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from backtest_sandbox.errors import ErrorType
-from backtest_sandbox.models import JobStatus
-from backtest_sandbox.supervisor import Observation, decide
+from backtest_sandbox.domain.errors import ErrorType
+from backtest_sandbox.domain.models import JobStatus
+from backtest_sandbox.sandbox.supervisor import Observation, decide
 
 COMPLETED = {
     "protocol": 1,
@@ -47,7 +47,7 @@ def verdict_type(observation: Observation) -> ErrorType | None:
 def test_clean_exit_with_valid_result_completes():
     verdict = decide(observe(), timeout_seconds=3, expected_bars=2)
     assert verdict.status is JobStatus.COMPLETED
-    assert verdict.report is not None and verdict.report.final_value == 101.0
+    assert verdict.claim is not None and verdict.claim.final_value == 101.0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,69 @@
+"""PNG charts of a result's series, drawn on the host with matplotlib's Agg backend.
+
+`Figure` with an Agg canvas, never pyplot: pyplot keeps global state and is not thread-safe,
+and charts are drawn on worker threads. The series come from the host's own stored result,
+already validated, so no strategy output reaches the renderer except as numbers and dates.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from backtest_sandbox.domain.models import EquityPoint
+from backtest_sandbox.jobs.views import ChartSeries
+
+WIDTH_INCHES, HEIGHT_INCHES, DPI = 10.0, 4.5, 100  # 1000 x 450 px: readable, ~50 KB
+MAX_RENDERED_POINTS = 2000  # more than the pixels across: callers downsample first
+
+
+def _x_values(points: Sequence[EquityPoint]) -> npt.NDArray[Any]:
+    """Dates for the x axis, or bar numbers when a timestamp is not ISO."""
+    try:
+        dates = [datetime.fromisoformat(point.timestamp) for point in points]
+    except ValueError:
+        return np.arange(len(points))
+    return np.array(dates, dtype="datetime64[s]")
+
+
+def render_png(points: Sequence[EquityPoint], *, title: str, ylabel: str, fill: bool) -> bytes:
+    """One line chart as PNG bytes; `fill` shades the area between the line and zero.
+
+    Raises:
+        ValueError: more than MAX_RENDERED_POINTS points (downsample first).
+    """
+    if len(points) > MAX_RENDERED_POINTS:
+        raise ValueError(f"{len(points)} points; downsample to {MAX_RENDERED_POINTS} first")
+    figure = Figure(figsize=(WIDTH_INCHES, HEIGHT_INCHES), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    xs = _x_values(points)
+    ys = np.array([point.value for point in points], dtype=float)
+    axes.plot(xs, ys, linewidth=1.2, color="tab:red" if fill else "tab:blue")
+    if fill and len(ys):
+        axes.fill_between(xs, ys, 0.0, color="tab:red", alpha=0.25)
+    axes.set_title(title)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def render_chart(series: ChartSeries) -> bytes:
+    """A result's equity or drawdown series (already cut to MAX_RENDERED_POINTS) as PNG."""
+    return render_png(
+        series.points,
+        title=f"{series.name} - {series.backtest_id}",
+        ylabel="drawdown (%)" if series.name == "drawdown" else "equity",
+        fill=series.name == "drawdown",
+    )

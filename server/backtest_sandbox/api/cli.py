@@ -1,0 +1,300 @@
+"""The `backtest-sandbox` command (docs/interface.md section 5).
+
+Exit codes of `run`: 0 completed; 2 invalid usage or config; 3 the run failed (any error type
+but sandbox_error); 4 sandbox_error.
+
+Imports are lazy past this module's own: `--help`, `--version` and a syntax-error verdict load
+neither pandas, numpy, docker nor mcp (each command imports what it needs when it runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from backtest_sandbox import __version__
+from backtest_sandbox.domain.code import check_code, check_syntax, new_backtest_id
+from backtest_sandbox.domain.config import BacktestConfig, parse_config
+from backtest_sandbox.domain.errors import (
+    BacktestSandboxError,
+    DataError,
+    ErrorType,
+    InvalidRequest,
+)
+from backtest_sandbox.domain.models import JobStatus, RunOutcome
+from backtest_sandbox.domain.settings import Settings
+
+from .progress import ProgressBar
+
+EXIT_COMPLETED = 0
+EXIT_USAGE = 2
+EXIT_RUN_FAILED = 3
+EXIT_SANDBOX_ERROR = 4
+
+# Config fields settable by flag: flag name -> (config field, type for argparse).
+CONFIG_FLAGS: dict[str, tuple[str, type]] = {
+    "--symbol": ("symbol", str),
+    "--timeframe": ("timeframe", str),
+    "--start": ("start_date", str),
+    "--end": ("end_date", str),
+    "--initial-capital": ("initial_capital", float),
+    "--commission": ("commission", float),
+    "--slippage": ("slippage", float),
+    "--position-size": ("position_size", float),
+    "--contract-size": ("contract_size", float),
+    "--timeout": ("timeout_seconds", float),
+    "--memory-mb": ("memory_mb", int),
+    "--data-source": ("data_source", str),
+}
+
+# Settings that docs/interface.md section 6 names, and the tenancy ones, each also a flag (the flag
+# wins over the env).
+SETTING_FLAGS: dict[str, tuple[str, type]] = {
+    "--data-dir": ("data_dir", Path),
+    "--state-dir": ("state_dir", Path),
+    "--max-workers": ("max_workers", int),
+    "--runtime": ("runtime", str),
+    "--pool-size": ("pool_size", int),
+    "--api-tokens": ("api_tokens", str),
+    "--tenant-max-running": ("tenant_max_running", int),
+    "--tenant-max-queued": ("tenant_max_queued", int),
+    "--allowed-hosts": ("allowed_hosts", str),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backtest-sandbox",
+        description="Run untrusted Backtrader strategies in hardened single-use containers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for flag, (name, kind) in SETTING_FLAGS.items():
+        parser.add_argument(flag, dest=f"setting_{name}", type=kind, default=None,
+                            help=f"overrides BACKTEST_{name.upper()}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one backtest in the sandbox and wait")
+    run.add_argument("strategy", type=Path, help="the strategy's Python source file")
+    run.add_argument("--config", type=Path, help="a JSON file with the config (section 3)")
+    for flag, (name, kind) in CONFIG_FLAGS.items():
+        run.add_argument(flag, dest=f"config_{name}", type=kind, default=None)
+    run.add_argument("--params", help="the strategy's params, as a JSON object")
+    run.add_argument("--json", action="store_true", help="print the final status object")
+
+    serve = commands.add_parser("serve", help="start the MCP server")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="HTTP without BACKTEST_API_TOKENS, on a loopback --host only: one local tenant",
+    )
+
+    build = commands.add_parser("build-image", help="build the runner image (air-gapped)")
+    build.add_argument("--force", action="store_true", help="rebuild even if it is current")
+
+    commands.add_parser("doctor", help="check the daemon, the image, the runtime and the limits")
+
+    data = commands.add_parser("data", help="the market data catalog")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data_import = data_commands.add_parser("import", help="validate a file and add it")
+    data_import.add_argument("file", type=Path)
+    data_import.add_argument("--symbol", required=True)
+    data_import.add_argument("--timeframe", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings(**{
+            name: getattr(args, f"setting_{name}")
+            for _, (name, _) in SETTING_FLAGS.items()
+            if getattr(args, f"setting_{name}") is not None
+        })
+    except ValidationError as e:
+        return _usage_error(f"settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
+    handlers = {
+        "run": _cmd_run,
+        "serve": _cmd_serve,
+        "build-image": _cmd_build_image,
+        "doctor": _cmd_doctor,
+        "data": _cmd_data,
+    }
+    try:
+        return handlers[args.command](args, settings)
+    except InvalidRequest as e:
+        return _usage_error(str(e))
+    except BacktestSandboxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+
+
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _read_config(args: argparse.Namespace, settings: Settings) -> BacktestConfig:
+    raw: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            raw = json.loads(args.config.read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidRequest("--config", f"must be a readable JSON file ({e})") from None
+        if not isinstance(raw, dict):
+            raise InvalidRequest("--config", "must hold a JSON object")
+    for _, (name, _) in CONFIG_FLAGS.items():
+        value = getattr(args, f"config_{name}")
+        if value is not None:
+            raw[name] = value
+    if args.params is not None:
+        try:
+            raw["params"] = json.loads(args.params)
+        except ValueError as e:
+            raise InvalidRequest("--params", f"must be a JSON object ({e})") from None
+    return parse_config(
+        raw,
+        max_timeout_seconds=settings.max_timeout_seconds,
+        max_memory_mb=settings.max_memory_mb,
+    )
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        text = args.strategy.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidRequest("STRATEGY", f"must be a readable UTF-8 file ({e})") from None
+    code = check_code(text, settings.max_code_bytes, field="STRATEGY")
+    config = _read_config(args, settings)
+    backtest_id = new_backtest_id()
+    syntax_error = check_syntax(code)
+    if syntax_error is not None:  # decided here: no container, no Docker, no data
+        outcome = RunOutcome(status=JobStatus.FAILED, error=syntax_error)
+    else:
+        outcome = _run_sandboxed(backtest_id, code, config, settings, show_progress=not args.json)
+    if args.json:
+        print(json.dumps(status_object(backtest_id, outcome)))
+    else:
+        _print_outcome(outcome)
+    return exit_code(outcome)
+
+
+def _run_sandboxed(
+    backtest_id: str,
+    code: str,
+    config: BacktestConfig,
+    settings: Settings,
+    *,
+    show_progress: bool,
+) -> RunOutcome:
+    from backtest_sandbox.jobs.engine import Engine, RunRequest
+
+    request = RunRequest(backtest_id=backtest_id, code=code, config=config)
+    # One run, then exit: a warm pool would only start a container nobody uses.
+    engine = Engine(settings.model_copy(update={"pool_size": 0}))
+    bar = ProgressBar(sys.stderr) if show_progress else None
+    try:
+        return engine.run(request, on_progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.close()
+
+
+def status_object(backtest_id: str, outcome: RunOutcome) -> dict[str, Any]:
+    """get_backtest_status's shape (docs/interface.md section 1) for a finished run."""
+    return {
+        "backtest_id": backtest_id,
+        "status": outcome.status.value,
+        "progress_percent": 100.0,
+        "estimated_completion": None,
+        "result": outcome.result.model_dump(mode="json") if outcome.result else None,
+        "error": outcome.error.model_dump(mode="json") if outcome.error else None,
+        "execution_time_seconds": outcome.execution_time_seconds,
+    }
+
+
+def exit_code(outcome: RunOutcome) -> int:
+    if outcome.status is JobStatus.COMPLETED:
+        return EXIT_COMPLETED
+    if outcome.error is not None and outcome.error.type is ErrorType.SANDBOX_ERROR:
+        return EXIT_SANDBOX_ERROR
+    return EXIT_RUN_FAILED
+
+
+def _print_outcome(outcome: RunOutcome) -> None:
+    if outcome.result is None:
+        error = outcome.error
+        print(f"{outcome.status.value}: {error.type.value if error else ''}")
+        if error is not None:
+            print(f"  {error.message}")
+            traceback = error.details.get("traceback")
+            if traceback:
+                print(traceback.rstrip())
+        if outcome.logs:
+            print("--- logs ---\n" + outcome.logs.rstrip())
+        return
+    result = outcome.result
+    print(f"completed in {outcome.execution_time_seconds:.2f} s "
+          f"({result.data.bars} bars, data: {result.data.source})")
+    for name, value in result.metrics.items():
+        shown = "n/a" if value is None else f"{value:,.4f}" if isinstance(value, float) else value
+        print(f"  {name:<28} {shown}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .mcp_server import serve  # imported here: the MCP stack is only needed by `serve`
+
+    serve(
+        settings,
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        insecure_no_auth=args.insecure_no_auth,
+    )
+    return 0
+
+
+def _cmd_build_image(args: argparse.Namespace, settings: Settings) -> int:
+    from backtest_sandbox.image.build import ensure_image
+    from backtest_sandbox.sandbox.containers import docker_client
+
+    client = docker_client(timeout=600)
+    try:
+        tag = ensure_image(client, settings, force=args.force)
+    finally:
+        client.close()
+    print(tag)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from .doctor import run_doctor
+
+    return 0 if run_doctor(settings, sys.stdout) else 1
+
+
+def _cmd_data(args: argparse.Namespace, settings: Settings) -> int:
+    from backtest_sandbox.data.catalog import import_file
+    from backtest_sandbox.domain.timeframes import Timeframe
+
+    try:
+        timeframe = Timeframe.parse(args.timeframe)
+    except ValueError as e:
+        raise InvalidRequest("--timeframe", str(e)) from None
+    try:
+        path = import_file(args.file, args.symbol, timeframe, settings.data_dir)
+    except DataError as e:
+        print(f"data_error: {e}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    print(path)
+    return 0

@@ -1,0 +1,434 @@
+"""The MCP server (docs/interface.md section 1): every tool a thin call into `BacktestService`.
+
+Service calls block (SQLite, data hashing, PNG rendering), so each runs on a worker thread and
+the event loop stays free to answer other requests. The package's own errors become
+`ToolError`s, the only exception whose message mcp 2.x carries to the client; they already
+name the field and the rule. Anything else is a crash, and the SDK keeps its text on the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+from mcp.server.mcpserver import Context, Image, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field, WithJsonSchema
+
+from backtest_sandbox import __version__
+from backtest_sandbox.domain.errors import BacktestSandboxError
+from backtest_sandbox.domain.models import JobStatus
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.jobs import views
+from backtest_sandbox.jobs.audit import AUDIT_LOGGER
+from backtest_sandbox.jobs.engine import Engine
+from backtest_sandbox.jobs.service import BacktestService
+from backtest_sandbox.jobs.store import JobSummary
+
+from . import http_auth
+from .charts import MAX_RENDERED_POINTS, render_chart
+from .config_document import config_document, config_input_schema
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+CONFIG_URIS = ("backtest://config", "resources/backtest-config")
+WAIT_POLL_SECONDS = 0.25
+MAX_WAIT_SECONDS = 3600.0  # a waiting call returns the current status after this long
+
+P = ParamSpec("P")
+R = TypeVar("R")
+TenantResolver = Callable[[Context[Any, Any]], str]
+
+INSTRUCTIONS = """\
+Runs Backtrader strategies (Python source) in isolated, network-less containers.
+Submit with run_backtest (read the backtest://config resource for the config rules), then poll
+get_backtest_status, or pass wait=true to block until it finishes (with progress
+notifications when you send a progress token). read_backtest gives the result with a
+downsampled equity curve; page the trade log with read_backtest_orders; read_backtest_chart
+draws the equity or drawdown curve. An identical earlier run is answered from the cache.
+"""
+
+BacktestId = Annotated[str, Field(description="The id run_backtest returned (bt_...).")]
+Full = Annotated[
+    bool,
+    Field(description="true: the whole equity curve, trade log and logs, not a cut-down view."),
+]
+ConfigArg = Annotated[
+    Any,
+    WithJsonSchema(
+        config_input_schema()
+        | {"description": "The backtest config; see the backtest://config resource."}
+    ),
+]
+LanguageArg = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": ["python", "mq5"],
+            "default": "python",
+            "description": "python runs; mq5 is accepted and fails with unsupported_language.",
+        }
+    ),
+]
+StatusArg = Annotated[
+    str | None,
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "enum": [s.value for s in JobStatus]}, {"type": "null"}],
+            "default": None,
+            "description": "Only backtests with this status.",
+        }
+    ),
+]
+
+
+def _integer(description: str, default: int) -> WithJsonSchema:
+    """An integer argument checked by the service, so that a wrong type gets the same
+    `field: rule` message as a wrong value."""
+    return WithJsonSchema({"type": "integer", "default": default, "description": description})
+
+
+def _chart_schema(description: str) -> dict[str, Any]:
+    return {"type": "string", "enum": ["equity", "drawdown"], "description": description}
+
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+
+
+async def _call(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a blocking service call on a worker thread; our errors become `ToolError`s.
+
+    Raises:
+        ToolError: the service refused the call (invalid argument, unknown id, sandbox fault).
+    """
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    except BacktestSandboxError as e:
+        raise ToolError(str(e)) from e
+
+
+def _progress_message(job: JobSummary) -> str:
+    if job.status is JobStatus.RUNNING and job.progress_total:
+        return f"running: {job.progress_done or 0}/{job.progress_total} bars"
+    return job.status.value
+
+
+async def _wait(
+    service: BacktestService, tenant: str, backtest_id: str, ctx: Context[Any, Any]
+) -> None:
+    """Poll until the job is finished, reporting progress (a no-op without a progress token).
+
+    MCP requires each notification to increase: only a higher percentage is reported (a job
+    re-run after a restart starts again from zero), and a finished job ends at 100.
+    """
+    reported = -1.0
+    with anyio.move_on_after(MAX_WAIT_SECONDS):
+        while True:
+            job = await _call(service.summary, tenant, backtest_id)
+            percent = 100.0 if job.status.is_terminal else views.progress_percent(job)
+            if percent > reported:
+                reported = percent
+                await ctx.report_progress(percent, 100.0, _progress_message(job))
+            if job.status.is_terminal:
+                return
+            await anyio.sleep(WAIT_POLL_SECONDS)
+
+
+def build_server(
+    service: BacktestService,
+    *,
+    tenant_of: TenantResolver = http_auth.local_tenant,
+    access: http_auth.HttpAccess | None = None,
+) -> MCPServer[Any]:
+    """The MCP server over `service`; `tenant_of` says whose backtests a request sees.
+
+    With `access` (HTTP), its tokens switch on the SDK's bearer middleware (401 before any
+    tool runs) and the tenant comes from the verified token instead.
+    """
+    tokens = None if access is None else access.tokens
+    mcp: MCPServer[Any] = MCPServer(
+        "backtest-sandbox",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        token_verifier=tokens,
+        auth=None if access is None else access.auth_settings(),
+    )
+    if access is not None:
+        tenant_of = access.tenant_of
+    _add_job_tools(mcp, service, tenant_of)
+    _add_result_tools(mcp, service, tenant_of)
+    _add_config_resources(mcp, service.settings)
+    return mcp
+
+
+def _add_job_tools(
+    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver
+) -> None:
+    """Submit, status, list, cancel, delete, stats."""
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
+    async def run_backtest(
+        code_content: Annotated[str, Field(description="The strategy's Python source.")],
+        config: ConfigArg,
+        ctx: Context[Any, Any],
+        language: LanguageArg = "python",
+        wait: Annotated[
+            bool,
+            Field(description="true: return only once the backtest has finished."),
+        ] = False,
+    ) -> views.StatusResponse:
+        """Submit a Backtrader strategy for a backtest. Returns its status: queued, or
+        completed at once (cached: true) when an identical run was done before. With wait=true
+        it returns once finished, and reports progress if the request has a progress token."""
+        tenant = tenant_of(ctx)
+        submitted = await _call(service.submit, tenant, code_content, language, config)
+        if wait:
+            await _wait(service, tenant, submitted.backtest_id, ctx)
+        return await _call(service.status, tenant, submitted.backtest_id)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def get_backtest_status(
+        backtest_id: BacktestId, ctx: Context[Any, Any], full: Full = False
+    ) -> views.StatusResponse:
+        """Status, progress_percent and estimated_completion of a backtest; its result
+        (cut down unless full=true) once completed, or its error once failed."""
+        return await _call(service.status, tenant_of(ctx), backtest_id, full=full)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def list_backtests(
+        ctx: Context[Any, Any],
+        status: StatusArg = None,
+        limit: Annotated[Any, _integer("Page size, 1 to 200.", 50)] = 50,
+        cursor: Annotated[
+            str | None, Field(description="next_cursor of the previous page.")
+        ] = None,
+    ) -> views.ListResponse:
+        """Your backtests, newest first, a page at a time."""
+        return await _call(
+            service.list_backtests, tenant_of(ctx), status=status, limit=limit, cursor=cursor
+        )
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True))
+    async def cancel_backtest(
+        backtest_id: BacktestId, ctx: Context[Any, Any]
+    ) -> views.CancelResponse:
+        """Cancel a queued or running backtest; a running container is killed at once."""
+        return await _call(service.cancel, tenant_of(ctx), backtest_id)
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True))
+    async def delete_backtest(
+        backtest_id: BacktestId, ctx: Context[Any, Any]
+    ) -> views.DeleteResponse:
+        """Delete a backtest and its result (a running one is cancelled first)."""
+        return await _call(service.delete, tenant_of(ctx), backtest_id)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def get_queue_stats(ctx: Context[Any, Any]) -> views.QueueStats:
+        """Your backtests by status, cache hits and average times; the server's worker slots."""
+        return await _call(service.stats, tenant_of(ctx))
+
+
+def _add_result_tools(
+    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver
+) -> None:
+    """Read a result, its trades, its charts."""
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def read_backtest(
+        backtest_id: BacktestId,
+        ctx: Context[Any, Any],
+        chart: Annotated[
+            str | None,
+            WithJsonSchema(
+                {"anyOf": [_chart_schema("Include this chart's series."), {"type": "null"}]}
+                | {"default": None}
+            ),
+        ] = None,
+        full: Full = False,
+    ) -> dict[str, Any]:
+        """The result of a completed backtest: metrics, equity curve (downsampled to 500
+        points unless full=true), the first trades (page the rest with read_backtest_orders),
+        logs, data and provenance. A backtest without a result answers with its status."""
+        view = await _call(service.read, tenant_of(ctx), backtest_id, chart=chart, full=full)
+        return view.model_dump(mode="json")
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def read_backtest_orders(
+        backtest_id: BacktestId,
+        ctx: Context[Any, Any],
+        start: Annotated[Any, _integer("Index of the first trade.", 0)] = 0,
+        end: Annotated[
+            Any, _integer("Index after the last trade (at most start + 500).", 100)
+        ] = 100,
+    ) -> views.OrdersResponse:
+        """A page of a completed backtest's trade log (one entry per closed trade)."""
+        return await _call(service.orders, tenant_of(ctx), backtest_id, start=start, end=end)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def read_backtest_chart(
+        backtest_id: BacktestId,
+        name: Annotated[str, WithJsonSchema(_chart_schema("Which curve to draw."))],
+        ctx: Context[Any, Any],
+        full: Full = False,
+    ) -> CallToolResult:
+        """The equity or drawdown curve of a completed backtest: the series as JSON
+        (downsampled unless full=true) and the chart as a PNG image."""
+        series, drawn = await _call(
+            service.chart,
+            tenant_of(ctx),
+            backtest_id,
+            name,
+            full=full,
+            draw_points=MAX_RENDERED_POINTS,
+        )
+        png = await _call(render_chart, drawn)
+        data = series.model_dump(mode="json")
+        return CallToolResult(
+            content=[
+                TextContent(text=json.dumps(data)),
+                Image(data=png, format="png").to_image_content(),
+            ],
+            structured_content=data,
+        )
+
+
+def _add_config_resources(mcp: MCPServer[Any], settings: Settings) -> None:
+    """The same config document under both URIs of the contract."""
+    config_text = json.dumps(config_document(settings), indent=2)
+
+    def config_resource() -> str:
+        """The config's JSON schema, rules, timeframes, error types and this server's limits."""
+        return config_text
+
+    for uri in CONFIG_URIS:
+        mcp.resource(
+            uri,
+            name="backtest-config",
+            title="Backtest config: schema, rules, timeframes, error types, limits",
+            mime_type="application/json",
+        )(config_resource)
+
+
+async def _run_stdio(server: MCPServer[Any], service: BacktestService) -> None:
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_close_on_sigterm, service)
+        await server.run_stdio_async()
+        tasks.cancel_scope.cancel()
+
+
+async def _close_on_sigterm(service: BacktestService) -> None:
+    """On SIGTERM, close the service (kill containers, re-queue their jobs), then die of it.
+
+    Unwinding normally would wait for the thread blocked reading stdin, which only returns
+    when the client writes or closes it: a terminated server would hang until killed.
+    """
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            await anyio.to_thread.run_sync(service.close)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def configure_logging() -> None:
+    """Log lines, the audit trail among them, to stderr: stdout is the stdio transport's."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
+
+
+def serve(
+    settings: Settings,
+    transport: Literal["stdio", "http", "streamable-http"] = "stdio",
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    insecure_no_auth: bool = False,
+) -> None:
+    """Run the MCP server until stdin closes (stdio) or a signal stops it (HTTP).
+
+    HTTP requires a bearer token per request (`BACKTEST_API_TOKENS`) and refuses to start
+    without one, unless `insecure_no_auth` on a loopback address. Jobs left by an earlier
+    process are accounted for first; on the way out, running containers are killed and their
+    jobs go back to the queue for the next start.
+
+    Raises:
+        ValueError: an unknown transport.
+        InvalidRequest: HTTP without tokens, malformed tokens, or a misused opt-out; nothing
+            was started.
+        sqlite3.Error: the job store cannot be opened.
+    """
+    if transport not in ("stdio", "http", "streamable-http"):
+        raise ValueError(f"transport: must be stdio or http, not {transport!r}")
+    configure_logging()
+    access = None
+    if transport != "stdio":
+        access = http_auth.http_access(
+            settings, host=host, port=port, insecure_no_auth=insecure_no_auth
+        )
+    service = BacktestService(settings, Engine(settings))
+    stopped_by = None
+    with service:
+        server = build_server(service, access=access)
+        if access is None:
+            anyio.run(_run_stdio, server, service)
+        else:
+            stopped_by = _run_http(server, access, host=host, port=port, settings=settings)
+    if stopped_by is not None:
+        # The service is closed: now die of the signal, as the caller expects.
+        signal.signal(stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped_by)
+
+
+def _run_http(
+    server: MCPServer[Any],
+    access: http_auth.HttpAccess,
+    *,
+    host: str,
+    port: int,
+    settings: Settings,
+) -> int | None:
+    """Serve streamable HTTP until SIGTERM or SIGINT; return the signal that stopped it.
+
+    uvicorn re-raises the signal it stopped on once it is done, which would kill the process
+    before the service is closed: running containers left behind, their jobs not re-queued.
+    Our own handler is what it restores and re-raises to, so the caller closes the service
+    first. The handler also stops uvicorn when a signal comes before uvicorn's is installed.
+    """
+    import uvicorn  # the SDK's own HTTP server; only `serve --transport http` needs it
+
+    # Room for the largest accepted strategy JSON-escaped, so that an oversized one gets the
+    # tool's clear error rather than a bare HTTP 413.
+    body_limit = max(DEFAULT_MAX_REQUEST_BODY_SIZE, 8 * settings.max_code_bytes)
+    app = server.streamable_http_app(
+        max_request_body_size=body_limit, transport_security=access.security, host=host
+    )
+    web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        web.should_exit = True
+
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals}
+    try:
+        anyio.run(web.serve)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0] if received else None

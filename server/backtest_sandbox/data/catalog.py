@@ -1,0 +1,758 @@
+"""The market data catalog: find, read, validate, resample, cut and hash the bars for a run.
+
+Runs on the host (the trusted side). The sandbox never reads the catalog: it gets the
+normalised CSV (`PreparedData.csv_bytes`) as `/job/data.csv` (runner_image/PROTOCOL.md).
+
+Layout: `<data_dir>/<SYMBOL>/<TIMEFRAME name>.csv` or `.parquet`, e.g. `ORCL/D1.csv`. The
+symbol directory and the file name are matched exactly first, then ignoring letter case.
+When both a `.csv` and a `.parquet` exist, the `.csv` wins (it is what `import_file` writes).
+
+Reading a file (CSV or Parquet, at most MAX_FILE_BYTES):
+
+- Column names in any letter case, surrounding spaces and MT5-style `<...>` ignored.
+- Time: a `datetime` column, or a `date` column (date or date and time), or `date` plus
+  `time`. ISO 8601 is parsed strictly; any other format is inferred by pandas from the first
+  value (month first when ambiguous, so prefer ISO dates). Time zones are dropped, keeping
+  the wall-clock time. Timestamps are a bar's start, in whole seconds.
+- `open`, `high`, `low`, `close` are required. `volume` is required by the contract but a
+  file without it is accepted with volume 0 and a warning. Other columns are ignored.
+- CSV: the separator is `,`, `;` or a tab, whichever the header line has most of; UTF-8,
+  with or without a BOM. A line whose used cells are all empty (a blank line) is skipped.
+
+Validation: each failure is a `DataError` whose message names the file, the place and the
+rule, e.g. `ORCL/D1.csv line 13 (data row 12): high 1.5 is below max(open, close) = 2.0`.
+Places: in a CSV, `line N` is the physical line (the header is line 1) and `data row M`
+the 1-based data row (header and blank lines not counted); in a Parquet file, `row M` is
+the 1-based row. `details` carry file, row, line (CSV only) and rule. Rules, in the order
+checked: required columns present; at least one data row; timestamps parse and are whole
+seconds; OHLC(V) present, numeric and finite; prices > 0; high >= max(open, close);
+low <= min(open, close); volume >= 0; timestamps strictly ascending (sorted, unique). A run
+also needs MIN_BARS bars in its date range.
+
+Resampling: when a run's timeframe has no file but a finer one does, the coarsest finer file
+that builds it exactly is resampled (a warning says so): intraday targets from timeframes
+that divide them (H1 from M5, M20 or M30; H4 not from H3), D1 from intraday, W1 from D1 or
+intraday, MN1 from D1 or intraday (not W1: weeks straddle months). Bars are
+open=first, high=max, low=min, close=last, volume=sum; a bin is left-closed and labelled
+with its start: intraday bins are multiples of the timeframe from midnight, D1 the calendar
+day, W1 the calendar week labelled on its Monday, MN1 the calendar month labelled on its
+first day; bins with no bars are dropped (no filled gaps).
+
+Cutting: bars with start_date <= bar date <= end_date; end_date includes the whole day for
+intraday bars. Resampled bins are cut by their label, so a W1 or MN1 bar is complete and
+starts inside the range, as a file of that timeframe would be.
+
+The normalised CSV (PROTOCOL.md): header `datetime,open,high,low,close,volume`, timestamps
+`YYYY-MM-DDTHH:MM:SS`, floats as Python's `repr` (the shortest text that round-trips),
+`\\n` line ends. Its SHA-256 is the data's content hash (results and the cache key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from backtest_sandbox.domain.config import SYMBOL_PATTERN, BacktestConfig
+from backtest_sandbox.domain.errors import DataError, InvalidRequest
+from backtest_sandbox.domain.models import DataInfo
+from backtest_sandbox.domain.timeframes import Timeframe
+
+from .synthetic import synthetic_bars
+
+log = logging.getLogger(__name__)
+
+MIN_BARS = 10  # fewer bars cannot warm up even a short moving average
+MAX_FILE_BYTES = 512 * 1024 * 1024  # refuse to load anything bigger into the host's memory
+SUFFIXES = (".csv", ".parquet")  # in order of preference
+COLUMNS = ("open", "high", "low", "close", "volume")
+PRICES = ("open", "high", "low", "close")
+CSV_HEADER = "datetime," + ",".join(COLUMNS)
+ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
+# Resampling reads this far past end_date, so that the last W1/MN1 bin in range is complete.
+RESAMPLE_MARGIN = timedelta(days=32)
+INDEX_FIRST_DAY, INDEX_LAST_DAY = date(1678, 1, 1), date(2261, 12, 31)
+
+Source = Literal["file", "synthetic"]
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
+_Column = FloatArray | pd.Series | pd.DatetimeIndex  # where a message's cell values come from
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The bars for one run, normalised and hashed; what the sandbox gets is `csv_bytes`."""
+
+    symbol: str
+    timeframe: Timeframe
+    frame: pd.DataFrame  # indexed by `datetime` (bar start); float open high low close volume
+    source: Source
+    path: Path | None  # the file read (the finer one when resampled); None when synthetic
+    bars: int
+    first: str  # YYYY-MM-DDTHH:MM:SS of the first bar
+    last: str
+    csv_bytes: bytes
+    sha256: str  # hex SHA-256 of csv_bytes: the content hash
+    warnings: list[str] = field(default_factory=list)
+    name: str | None = None  # the file relative to the catalog, as messages name it
+    identity: str = ""  # what `data_identity` said of the source these bars were read from
+
+    def info(self) -> DataInfo:
+        """The `data` block of a result (docs/interface.md section 4); names no host path."""
+        return DataInfo(
+            source=self.source,
+            bars=self.bars,
+            first=self.first,
+            last=self.last,
+            sha256=self.sha256,
+            path=self.name,
+        )
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A file's rows as read, before validation; `lines` maps rows to CSV lines."""
+
+    rows: pd.DataFrame  # canonical column names; timestamp columns as read
+    name: str
+    lines: npt.NDArray[np.int64] | None  # None for Parquet
+
+    def where(self, position: int) -> tuple[str, dict[str, int]]:
+        row = position + 1
+        if self.lines is None:
+            return f"row {row}", {"row": row}
+        line = int(self.lines[position])
+        return f"line {line} (data row {row})", {"row": row, "line": line}
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def read_bars(path: Path, *, name: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Read and validate a whole CSV or Parquet bar file.
+
+    Returns the bars (indexed by `datetime`, float columns open high low close volume) and
+    warnings (e.g. a missing volume column). `name` is how messages call the file.
+
+    Raises:
+        DataError: the file is missing, too big, unreadable, or breaks a rule (the message
+            names the file, the line or row, and the rule).
+    """
+    name = name or str(path)
+    _check_size(path, name)
+    is_parquet = path.suffix.lower() == ".parquet"
+    return _validate(_read_parquet(path, name) if is_parquet else _read_csv(path, name))
+
+
+def _check_size(path: Path, name: str) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{name}: cannot open: {e.strerror}", file=name, rule="readable") from e
+    if not path.is_file():
+        raise DataError(f"{name}: not a regular file", file=name, rule="readable")
+    if size > MAX_FILE_BYTES:
+        raise DataError(
+            f"{name}: {size:,} bytes; data files of at most {MAX_FILE_BYTES:,} bytes are read",
+            file=name,
+            rule="max_file_bytes",
+        )
+
+
+def _sniff_separator(path: Path) -> str:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline(65536)
+    return max((",", ";", "\t"), key=header.count)
+
+
+def _read_csv(path: Path, name: str) -> _Table:
+    try:
+        sep = _sniff_separator(path)
+        header = pd.read_csv(path, sep=sep, nrows=0, encoding="utf-8-sig")
+        columns = _pick_columns([str(c) for c in header.columns], name)
+        text_columns = {columns[c]: str for c in ("datetime", "date", "time") if c in columns}
+        rows = pd.read_csv(
+            path,
+            sep=sep,
+            usecols=list(columns.values()),
+            dtype=text_columns,
+            encoding="utf-8-sig",
+            index_col=False,
+            skip_blank_lines=False,  # keep blank lines as rows, so row i is line i + 2
+        )
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{name}: cannot read as CSV: {e}", file=name, rule="readable") from e
+    rows = rows.rename(columns={actual: key for key, actual in columns.items()})
+    lines = np.arange(2, len(rows) + 2, dtype=np.int64)
+    blank = rows.isna().all(axis=1).to_numpy()
+    if blank.any():
+        rows, lines = rows.loc[~blank].reset_index(drop=True), lines[~blank]
+    return _Table(rows, name, lines)
+
+
+def _read_parquet(path: Path, name: str) -> _Table:
+    try:
+        rows = pd.read_parquet(path)
+    except (ValueError, OSError, NotImplementedError) as e:
+        raise DataError(f"{name}: cannot read as Parquet: {e}", file=name, rule="readable") from e
+    if isinstance(rows.index, pd.DatetimeIndex) or rows.index.name is not None:
+        rows = rows.reset_index()  # a frame saved with its datetime index
+    columns = _pick_columns([str(c) for c in rows.columns], name)
+    rows.columns = pd.Index([str(c) for c in rows.columns])
+    rows = rows[list(columns.values())].rename(
+        columns={actual: key for key, actual in columns.items()}
+    )
+    return _Table(rows.reset_index(drop=True), name, None)
+
+
+def _pick_columns(names: list[str], name: str) -> dict[str, str]:
+    """Canonical column -> the file's column, for the columns this catalog uses.
+
+    Raises:
+        DataError: a required column is missing, or two columns differ only in case.
+    """
+    found: dict[str, list[str]] = {}
+    for actual in names:
+        found.setdefault(actual.strip().strip("<>").strip().lower(), []).append(actual)
+    time_keys = ["datetime"] if "datetime" in found else ["date", "time"]
+    wanted = [k for k in (*time_keys, *COLUMNS) if k in found]
+    for key in wanted:
+        if len(found[key]) > 1:
+            raise DataError(
+                f"{name}: columns {found[key]} are the same name in different case",
+                file=name,
+                rule="columns",
+            )
+    missing = [k for k in PRICES if k not in found]
+    if "datetime" not in found and "date" not in found:
+        missing.insert(0, "date (or datetime)")
+    if missing:
+        raise DataError(
+            f"{name}: missing column(s) {', '.join(missing)}; the header has {names}; "
+            "needed: date (or datetime, or date and time), open, high, low, close, volume, "
+            "in any letter case",
+            file=name,
+            rule="columns",
+        )
+    return {key: found[key][0] for key in wanted}
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _value(values: _Column, position: int) -> object:
+    """One cell, printable: a Python float (repr round-trips), an ISO timestamp, or the text."""
+    if isinstance(values, pd.DatetimeIndex):
+        return _iso(values[position])
+    if isinstance(values, pd.Series):
+        return values.iloc[position]
+    return values[position].item()
+
+
+def _fail(table: _Table, bad: BoolArray, rule: str, template: str, **cells: _Column) -> None:
+    """Raise for the first row where `bad` is True; `template` is filled with its cells.
+
+    Raises:
+        DataError: when any row is bad, naming the file, the line/row and the rule.
+    """
+    positions = np.flatnonzero(bad)
+    if positions.size == 0:
+        return
+    first = int(positions[0])
+    where, place = table.where(first)
+    text = template.format(**{key: _value(values, first) for key, values in cells.items()})
+    more = f" ({positions.size} rows break this rule)" if positions.size > 1 else ""
+    raise DataError(f"{table.name} {where}: {text}{more}", file=table.name, rule=rule, **place)
+
+
+def _parse_times(text: pd.Series, raw: pd.Series, name: str) -> pd.Series:
+    """Strict ISO 8601 first; else let pandas infer the format from the first value.
+
+    Raises:
+        DataError: pandas refuses the column as a whole (e.g. mixed time zones).
+    """
+    try:
+        with warnings.catch_warnings():
+            # pandas warns when it falls back to parsing element by element.
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+            if parsed.isna().all() and raw.notna().any():
+                parsed = pd.to_datetime(text, errors="coerce")
+        if parsed.dt.tz is not None:
+            parsed = parsed.dt.tz_localize(None)  # keep the wall-clock time the file shows
+        return parsed
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{name}: cannot parse timestamps: {e}", file=name, rule="timestamp") from e
+
+
+def _timestamps(table: _Table) -> pd.DatetimeIndex:
+    """Parse the time column(s) into a naive, whole-second, ns DatetimeIndex.
+
+    Raises:
+        DataError: an empty or unparsable timestamp, a fraction of a second, mixed zones.
+    """
+    rows = table.rows
+    raw = rows["datetime"] if "datetime" in rows else rows["date"]
+    text = raw if raw.dtype.kind == "M" else raw.astype("str")
+    if "time" in rows and "datetime" not in rows:
+        text = raw.astype("str") + " " + rows["time"].astype("str")
+        raw = raw.where(rows["time"].notna())  # either part empty is an empty timestamp
+    parsed = _parse_times(text, raw, table.name)
+    _fail(table, raw.isna().to_numpy(), "timestamp", "the timestamp is empty")
+    _fail(table, parsed.isna().to_numpy(), "timestamp", "cannot parse timestamp {t!r}", t=text)
+    try:
+        index = pd.DatetimeIndex(parsed).as_unit("ns")
+    except (ValueError, OverflowError) as e:
+        raise DataError(
+            f"{table.name}: timestamp out of range: {e}", file=table.name, rule="timestamp"
+        ) from e
+    _fail(
+        table,
+        np.asarray(index != index.floor("s")),
+        "timestamp",
+        "timestamp {t} has a fraction of a second; whole seconds only",
+        t=pd.Series(index.astype(str)),
+    )
+    return index.rename("datetime")
+
+
+def _number_column(table: _Table, column: str) -> FloatArray:
+    """A column as float64.
+
+    Raises:
+        DataError: a cell is empty, not a number, or not finite.
+    """
+    raw = table.rows[column]
+    numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    _fail(table, raw.isna().to_numpy(), "not_empty", f"{column} is empty or NaN")
+    _fail(table, np.isnan(numbers), "numeric", f"{column} is not a number: {{x!r}}", x=raw)
+    _fail(table, ~np.isfinite(numbers), "finite", f"{column} is not finite: {{x}}", x=numbers)
+    return numbers + 0.0  # turns -0.0 into 0.0, so that the normalised text is canonical
+
+
+def _check_prices(table: _Table, v: dict[str, FloatArray]) -> None:
+    """Raises: DataError: a price <= 0, a high or low inside the body, a negative volume."""
+    for column in PRICES:
+        _fail(table, v[column] <= 0, "positive", f"{column} must be > 0, got {{x}}", x=v[column])
+    top = np.maximum(v["open"], v["close"])
+    bottom = np.minimum(v["open"], v["close"])
+    _fail(
+        table,
+        v["high"] < top,
+        "high_ge_open_close",
+        "high {h} is below max(open, close) = {t}; need high >= max(open, close)",
+        h=v["high"],
+        t=top,
+    )
+    _fail(
+        table,
+        v["low"] > bottom,
+        "low_le_open_close",
+        "low {low} is above min(open, close) = {b}; need low <= min(open, close)",
+        low=v["low"],
+        b=bottom,
+    )
+    _fail(
+        table, v["volume"] < 0, "volume_non_negative", "volume must be >= 0, got {x}", x=v["volume"]
+    )
+
+
+def _check_order(table: _Table, index: pd.DatetimeIndex) -> None:
+    """Raises: DataError: a timestamp is not after the one on the previous row."""
+    step = np.diff(index.asi8)
+    previous = index[np.r_[0, np.arange(len(index) - 1)]]
+    _fail(
+        table,
+        np.r_[False, step < 0],
+        "sorted",
+        "timestamp {t} is earlier than the previous row's {p}; rows must be sorted ascending",
+        t=index,
+        p=previous,
+    )
+    _fail(
+        table,
+        np.r_[False, step == 0],
+        "unique",
+        "duplicate timestamp {t} (the previous row has it too); timestamps must be unique",
+        t=index,
+    )
+
+
+def _validate(table: _Table) -> tuple[pd.DataFrame, list[str]]:
+    """Raises: DataError: the first rule (in the module's order) that a row breaks."""
+    if table.rows.empty:
+        raise DataError(f"{table.name}: no data rows", file=table.name, rule="not_empty")
+    index = _timestamps(table)
+    notes: list[str] = []
+    values: dict[str, FloatArray] = {}
+    for column in COLUMNS:
+        if column in table.rows:
+            values[column] = _number_column(table, column)
+        else:  # only volume can be missing: _pick_columns demands the prices
+            values[column] = np.zeros(len(table.rows))
+            notes.append(f"{table.name}: no volume column; volume set to 0")
+    _check_prices(table, values)
+    _check_order(table, index)
+    return pd.DataFrame(values, index=index), notes
+
+
+# --- locating, resampling, cutting -------------------------------------------------------
+
+
+def _symbol_dir(data_dir: Path, symbol: str) -> Path | None:
+    """The symbol's directory: the exact name, else the one name equal ignoring case.
+
+    Raises:
+        DataError: several directories match ignoring case.
+    """
+    exact = data_dir / symbol
+    if exact.is_dir():
+        return exact
+    try:
+        matches = [p for p in data_dir.iterdir() if p.name.lower() == symbol.lower()]
+    except OSError:
+        return None
+    matches = [p for p in matches if p.is_dir()]
+    if len(matches) > 1:
+        names = sorted(p.name for p in matches)
+        raise DataError(
+            f"symbol {symbol!r} matches several catalog directories: {names}",
+            symbol=symbol,
+            rule="catalog",
+        )
+    return matches[0] if matches else None
+
+
+def _timeframe_files(symbol_dir: Path) -> dict[str, Path]:
+    """Lower-case file name -> path; an exactly spelt name wins over another case."""
+    files: dict[str, Path] = {}
+    try:
+        entries = sorted(symbol_dir.iterdir())
+    except OSError:
+        return files
+    canonical = {f"{tf.name}{suffix}" for tf in Timeframe for suffix in SUFFIXES}
+    for entry in entries:
+        key = entry.name.lower()
+        if entry.is_file() and (key not in files or entry.name in canonical):
+            files[key] = entry
+    return files
+
+
+def find_file(data_dir: Path, symbol: str, timeframe: Timeframe) -> Path | None:
+    """The catalog file for exactly this symbol and timeframe, if there is one.
+
+    Raises:
+        DataError: the symbol names several directories (differing only in case).
+    """
+    symbol_dir = _symbol_dir(data_dir, symbol)
+    if symbol_dir is None:
+        return None
+    files = _timeframe_files(symbol_dir)
+    for suffix in SUFFIXES:
+        path = files.get(f"{timeframe.name.lower()}{suffix}")
+        if path is not None:
+            return path
+    return None
+
+
+def can_resample(source: Timeframe, target: Timeframe) -> bool:
+    """Whether bars of `target` are built exactly from bars of `source`."""
+    if source.minutes >= target.minutes:
+        return False
+    if target.minutes < 1440:
+        return target.minutes % source.minutes == 0
+    return not (target is Timeframe.MN1 and source is Timeframe.W1)
+
+
+def locate(data_dir: Path, symbol: str, timeframe: Timeframe) -> tuple[Path, Timeframe] | None:
+    """The file to read for a run, and its timeframe: the exact one, else the coarsest finer
+    one that builds it (see the module docstring), else None.
+
+    Raises:
+        DataError: the symbol names several directories (differing only in case).
+    """
+    exact = find_file(data_dir, symbol, timeframe)
+    if exact is not None:
+        return exact, timeframe
+    for source in sorted(Timeframe, key=lambda t: t.minutes, reverse=True):
+        if can_resample(source, timeframe):
+            path = find_file(data_dir, symbol, source)
+            if path is not None:
+                return path, source
+    return None
+
+
+def _bin_labels(index: pd.DatetimeIndex, timeframe: Timeframe) -> pd.DatetimeIndex:
+    """Each bar's bin, labelled by the bin's start (left-closed)."""
+    if timeframe is Timeframe.MN1:
+        return index.normalize() - pd.to_timedelta(index.day - 1, unit="D")
+    if timeframe is Timeframe.W1:
+        return index.normalize() - pd.to_timedelta(index.day_of_week, unit="D")
+    if timeframe is Timeframe.D1:
+        return index.normalize()
+    # floor() counts from the Unix epoch, a midnight; every MT5 intraday length divides a
+    # day, so the bins start at midnight of every day.
+    return index.floor(f"{timeframe.minutes}min")
+
+
+def resample(frame: pd.DataFrame, timeframe: Timeframe) -> pd.DataFrame:
+    """Bars of `timeframe` from finer bars: first/max/min/last/sum, empty bins dropped."""
+    labels = _bin_labels(pd.DatetimeIndex(frame.index), timeframe).rename("datetime")
+    out = frame.groupby(labels, sort=True).agg(
+        open=("open", "first"),
+        high=("high", "max"),
+        low=("low", "min"),
+        close=("close", "last"),
+        volume=("volume", "sum"),
+    )
+    out.index = pd.DatetimeIndex(out.index).as_unit("ns").rename("datetime")
+    return out.astype("float64")
+
+
+def _clamp(day: date) -> date:
+    """A config date may be any year; a nanosecond index holds 1677 to 2262 only."""
+    return min(max(day, INDEX_FIRST_DAY), INDEX_LAST_DAY)
+
+
+def cut(frame: pd.DataFrame, start: date, end: date) -> pd.DataFrame:
+    """A copy of the bars with start <= bar date <= end (the whole of `end` for intraday)."""
+    index = pd.DatetimeIndex(frame.index)
+    lo = index.searchsorted(pd.Timestamp(_clamp(start)), side="left")
+    hi = index.searchsorted(pd.Timestamp(_clamp(end) + timedelta(days=1)), side="left")
+    # A copy, so that a run's bars do not keep a whole (possibly huge) file alive.
+    return frame.iloc[lo:hi].copy()
+
+
+# --- the normalised CSV ----------------------------------------------------------------------
+
+
+def _iso(stamp: pd.Timestamp) -> str:
+    return stamp.strftime(ISO_SECONDS)
+
+
+def normalised_csv(frame: pd.DataFrame) -> bytes:
+    """The frame as PROTOCOL.md's data.csv; equal frames give equal bytes."""
+    stamps = pd.DatetimeIndex(frame.index).to_numpy().astype("datetime64[s]").astype(str)
+    # repr() of a Python float is the shortest text that reads back as the same float.
+    columns = [map(repr, frame[c].to_numpy(dtype="float64").tolist()) for c in COLUMNS]
+    lines = [CSV_HEADER, *map(",".join, zip(stamps.tolist(), *columns, strict=True))]
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+# --- runs and imports ----------------------------------------------------------------------
+
+
+def _relative(path: Path, data_dir: Path) -> str:
+    try:
+        return path.relative_to(data_dir).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _enough(
+    frame: pd.DataFrame, config: BacktestConfig, name: str | None, holds: str | None = None
+) -> None:
+    """Raises: DataError: no bars, or fewer than MIN_BARS, in the config's range."""
+    what = f"{config.symbol} {config.timeframe.name}"
+    span = f"between {config.start_date} and {config.end_date}"
+    source = f" ({holds})" if holds else ""
+    details = {
+        "symbol": config.symbol,
+        "timeframe": config.timeframe.name,
+        "file": name,
+        "start_date": str(config.start_date),
+        "end_date": str(config.end_date),
+    }
+    if frame.empty:
+        raise DataError(f"no data for {what} {span}{source}", rule="no_data", **details)
+    if len(frame) < MIN_BARS:
+        raise DataError(
+            f"only {len(frame)} bars for {what} {span}{source}; at least {MIN_BARS} are needed",
+            rule="min_bars",
+            bars=len(frame),
+            **details,
+        )
+
+
+def _prepared(
+    config: BacktestConfig,
+    frame: pd.DataFrame,
+    source: Source,
+    path: Path | None,
+    name: str | None,
+    notes: list[str],
+) -> PreparedData:
+    data = normalised_csv(frame)
+    index = pd.DatetimeIndex(frame.index)
+    return PreparedData(
+        symbol=config.symbol,
+        timeframe=config.timeframe,
+        frame=frame,
+        source=source,
+        path=path,
+        bars=len(frame),
+        first=_iso(index[0]),
+        last=_iso(index[-1]),
+        csv_bytes=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        warnings=notes,
+        name=name,
+    )
+
+
+def _from_file(
+    config: BacktestConfig, data_dir: Path, path: Path, source_timeframe: Timeframe
+) -> PreparedData:
+    name = _relative(path, data_dir)
+    identity = _file_identity(path)
+    whole, notes = read_bars(path, name=name)
+    if _file_identity(path) != identity:
+        # Replaced while we read it: the bars may be either file's, so name neither.
+        raise DataError(f"{name} changed while it was read; run again", file=name, rule="changed")
+    frame = whole
+    if source_timeframe is not config.timeframe:
+        window = cut(whole, config.start_date, _clamp(config.end_date) + RESAMPLE_MARGIN)
+        frame = resample(window, config.timeframe)
+        notes.append(
+            f"{config.symbol} {config.timeframe.name} resampled from "
+            f"{source_timeframe.name} ({name})"
+        )
+    frame = cut(frame, config.start_date, config.end_date)
+    index = pd.DatetimeIndex(whole.index)
+    _enough(frame, config, name, f"{name} holds {_iso(index[0])} to {_iso(index[-1])}")
+    prepared = _prepared(config, frame, "file", path, name, notes)
+    return replace(prepared, identity=f"{identity}:{source_timeframe.name}")
+
+
+def _synthetic(config: BacktestConfig, note: str) -> PreparedData:
+    frame = synthetic_bars(config.symbol, config.timeframe, config.start_date, config.end_date)
+    _enough(frame, config, None)
+    prepared = _prepared(config, frame, "synthetic", None, None, [note])
+    return replace(prepared, identity=SYNTHETIC_IDENTITY)
+
+
+# Synthetic bars are a pure function of the config (symbol, timeframe, range): this names the
+# generator's version; change it whenever synthetic.py would give other bars.
+SYNTHETIC_IDENTITY = "synthetic:v1"
+
+
+def _file_identity(path: Path) -> str:
+    """A file's identity without reading it: replaced or rewritten, it changes."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise DataError(f"{path.name}: {e.strerror or e}", rule="unreadable") from None
+    return f"file:{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def data_identity(config: BacktestConfig, data_dir: Path) -> str:
+    """What `prepare` would read for `config`, named without reading or generating any bars.
+
+    Cheap (a few directory entries and one stat), so a submission can compute its cache key
+    before any data work; `PreparedData.identity` is the same string for the bars a run
+    actually used, so the result is cached under the data it came from.
+
+    Raises:
+        DataError: the catalog is ambiguous (several directories for the symbol), or the
+            file cannot be looked at.
+    """
+    if config.data_source == "synthetic":
+        return SYNTHETIC_IDENTITY
+    located = locate(data_dir, config.symbol, config.timeframe)
+    if located is None:
+        # `file` will fail with data_error; `auto` falls back to synthetic bars.
+        return "none" if config.data_source == "file" else SYNTHETIC_IDENTITY
+    path, source_timeframe = located
+    return f"{_file_identity(path)}:{source_timeframe.name}"
+
+
+def prepare(config: BacktestConfig, data_dir: Path) -> PreparedData:
+    """The bars for a run, by `config.data_source`.
+
+    `file`: the catalog file for the symbol and timeframe, or one resampled from a finer
+    file. `synthetic`: seeded synthetic bars. `auto`: as `file` when the catalog has a file
+    (exact or finer), else synthetic. A file that exists but is malformed, or holds too few
+    bars in the range, fails the run; it never falls back to synthetic data silently.
+
+    Raises:
+        DataError: no data for the symbol/timeframe/range (`file`), a malformed file, or
+            fewer than MIN_BARS bars in the range.
+    """
+    what = f"{config.symbol} {config.timeframe.name}"
+    if config.data_source == "synthetic":
+        return _synthetic(
+            config,
+            f"synthetic data (data_source=synthetic): {what} bars are a seeded "
+            "random walk, not market prices",
+        )
+    located = locate(data_dir, config.symbol, config.timeframe)
+    if located is not None:
+        return _from_file(config, data_dir, *located)
+    if config.data_source == "file":
+        raise DataError(
+            f"no data for {what}: the catalog has no {config.symbol}/{config.timeframe.name}"
+            f".csv or .parquet, nor a finer timeframe to resample it from",
+            rule="no_data",
+            symbol=config.symbol,
+            timeframe=config.timeframe.name,
+        )
+    return _synthetic(
+        config,
+        f"synthetic data: the catalog has no file for {what}, so its bars are a "
+        "seeded random walk, not market prices",
+    )
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write `data` to `target` so that readers see the old file or the new, never a part."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temp.chmod(0o644)  # mkstemp makes 0600; catalog files are plain, readable data
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def import_file(src: Path, symbol: str, timeframe: Timeframe, data_dir: Path) -> Path:
+    """Validate a whole bar file and add it to the catalog as `<SYMBOL>/<TF>.csv`.
+
+    The file is written normalised (PROTOCOL.md's data.csv form), atomically, replacing any
+    earlier CSV for the same symbol and timeframe. Warnings (e.g. no volume) are logged.
+
+    Raises:
+        InvalidRequest: the symbol is not letters, digits and _.
+        DataError: the file is missing, unreadable, malformed, or has fewer than MIN_BARS
+            bars.
+        OSError: the catalog directory cannot be written.
+    """
+    if not SYMBOL_PATTERN.fullmatch(symbol):
+        raise InvalidRequest("symbol", "must be non-empty and use only letters, digits and _")
+    frame, notes = read_bars(src, name=str(src))
+    for note in notes:
+        log.warning("%s", note)
+    if len(frame) < MIN_BARS:
+        raise DataError(
+            f"{src}: {len(frame)} bars; at least {MIN_BARS} are needed",
+            file=str(src),
+            rule="min_bars",
+        )
+    target = data_dir / symbol / f"{timeframe.name}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(target, normalised_csv(frame))
+    return target

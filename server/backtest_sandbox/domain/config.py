@@ -1,0 +1,165 @@
+"""`BacktestConfig` (docs/interface.md section 3): validated on the host before anything runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InvalidRequest
+from .timeframes import Timeframe
+
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+MIN_MEMORY_MB = 128  # below this Python, pandas and Backtrader cannot even import
+
+
+class BacktestConfig(BaseModel):
+    """One backtest's parameters. Unknown fields are rejected, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Each description is the field's rule as callers read it (the backtest://config resource).
+    symbol: str = Field(description="required; non-empty; letters, digits and _ only")
+    timeframe: Timeframe = Field(
+        description="required; an MT5 timeframe by code (16408) or by name ('D1')"
+    )
+    start_date: date = Field(
+        description="required; ISO date; bars with start_date <= date <= end_date are used"
+    )
+    end_date: date = Field(description="required; ISO date after start_date")
+    initial_capital: float = Field(10000.0, gt=0, allow_inf_nan=False, description="> 0")
+    commission: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=">= 0; fraction of traded value (0.001 = 0.1 %)",
+    )
+    slippage: float = Field(0.0, ge=0, allow_inf_nan=False, description=">= 0; fraction of price")
+    position_size: float = Field(
+        1.0,
+        ge=0.01,
+        le=100,
+        allow_inf_nan=False,
+        description="0.01 to 100 lots; default order size = position_size x contract_size",
+    )
+    contract_size: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="> 0 (100000 for a standard FX lot)"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a JSON object passed to the strategy's params (no NaN or Infinity)",
+    )
+    timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="> 0 and at most this server's max_timeout_seconds",
+    )
+    memory_mb: int = Field(
+        512,
+        ge=MIN_MEMORY_MB,
+        description=f">= {MIN_MEMORY_MB} and at most this server's max_memory_mb",
+    )
+    data_source: Literal["auto", "file", "synthetic"] = Field(
+        "auto",
+        description="auto (the catalog's file if there is one, else synthetic), file, synthetic",
+    )
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol_chars(cls, value: str) -> str:
+        if not SYMBOL_PATTERN.fullmatch(value):
+            raise ValueError("must be non-empty and use only letters, digits and _")
+        return value
+
+    @field_validator("timeframe", mode="before")
+    @classmethod
+    def _parse_timeframe(cls, value: Any) -> Timeframe:
+        if not isinstance(value, int | str):
+            raise ValueError("must be an MT5 timeframe code (int) or name (str)")
+        return Timeframe.parse(value)
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"must be plain JSON (no NaN or Infinity): {e}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> BacktestConfig:
+        if self.end_date <= self.start_date:
+            raise ValueError("end_date must be after start_date")
+        return self
+
+    @field_serializer("timeframe")
+    def _timeframe_name(self, value: Timeframe) -> str:
+        return value.name
+
+    @property
+    def stake(self) -> float:
+        """Default order size in units: position_size lots of contract_size units."""
+        return self.position_size * self.contract_size
+
+    def canonical_json(self) -> str:
+        """A stable encoding: equal configs give equal bytes (for hashing and caching)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "config") -> str:
+    """One line per broken rule, each naming the field: `config.start_date: ...`."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in (prefix, *item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (not in the config schema)"
+        lines.append(f"{loc}: {message}")
+    return "; ".join(lines)
+
+
+def parse_config(raw: Any, *, max_timeout_seconds: float, max_memory_mb: int) -> BacktestConfig:
+    """Validate a raw config against the schema and this server's limits.
+
+    Raises:
+        InvalidRequest: naming the first broken field and every broken rule.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidRequest("config", "must be a JSON object")
+    try:
+        config = BacktestConfig.model_validate(raw)
+    except ValidationError as e:
+        first = ".".join(str(p) for p in ("config", *e.errors()[0]["loc"]))
+        raise InvalidRequest(first, describe_validation_error(e).split(": ", 1)[1]) from None
+    if config.timeout_seconds > max_timeout_seconds:
+        raise InvalidRequest(
+            "config.timeout_seconds", f"must be at most this server's maximum {max_timeout_seconds}"
+        )
+    if config.memory_mb > max_memory_mb:
+        raise InvalidRequest(
+            "config.memory_mb", f"must be at most this server's maximum {max_memory_mb}"
+        )
+    return config
+
+
+def config_rules() -> dict[str, str]:
+    """Field name -> its rule, from the model itself; `*` for the unknown-field rule."""
+    rules = {name: f.description or "" for name, f in BacktestConfig.model_fields.items()}
+    return {**rules, "*": "unknown fields are rejected"}

@@ -1,0 +1,88 @@
+"""Job statuses and the shapes the host hands to users (docs/interface.md sections 2 and 4)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ErrorType
+
+
+class JobStatus(StrEnum):
+    """Where a backtest is in its life."""
+
+    QUEUED = "queued"  # accepted, waiting for a worker slot
+    RUNNING = "running"  # a container has been started for it
+    COMPLETED = "completed"  # finished with a valid result
+    FAILED = "failed"  # finished with an `error` of a type from `ErrorType`
+    CANCELLED = "cancelled"  # stopped on request; its container was killed
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class RunError(BaseModel):
+    """Why a run failed: a type from the closed set, a message for people, details for machines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: ErrorType
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EquityPoint(BaseModel):
+    timestamp: str
+    value: float
+
+
+class DataInfo(BaseModel):
+    source: str  # "file" or "synthetic"
+    bars: int
+    first: str
+    last: str
+    sha256: str
+    path: str | None = None
+
+
+class Provenance(BaseModel):
+    code_sha256: str
+    config_sha256: str
+    runner_image: str
+    backtrader_version: str | None = None
+    runtime: str | None = None
+    container_id: str | None = None  # the single-use container that ran it
+    warm: bool = False  # true: taken from the warm pool; false: started for this run
+
+
+class BacktestResult(BaseModel):
+    """A completed run as users read it (docs/interface.md section 4)."""
+
+    backtest_id: str
+    status: JobStatus
+    metrics: dict[str, float | int | None]
+    equity_curve: list[EquityPoint]
+    trade_log: list[dict[str, Any]]
+    logs: str
+    execution_time_seconds: float
+    data: DataInfo
+    provenance: Provenance
+    warnings: list[str] = Field(default_factory=list)
+
+
+class RunOutcome(BaseModel):
+    """What one run ended with: exactly one of `result` and `error` is set (neither when
+    cancelled). The last link of the chain Observation -> Verdict -> RunOutcome
+    (docs/architecture.md, "The end of a run")."""
+
+    status: JobStatus
+    result: BacktestResult | None = None
+    error: RunError | None = None
+    logs: str = ""
+    execution_time_seconds: float = 0.0
+    # The key this outcome may be cached under, from the data the run really read; None: the
+    # run got no further than checks that need no key, or its data could not be named.
+    cache_key: str | None = None

@@ -1,0 +1,104 @@
+"""Server settings: every one from a `BACKTEST_*` environment variable; the CLI's global flags
+(`backtest-sandbox --help`) override the ones people change most.
+
+Every container hardening default lives here as a setting, so that none of them is weakened
+silently: changing one is an explicit, visible act.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .tenants import parse_api_tokens
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback) / "backtest-sandbox"
+
+
+# Docker's default profile tightened where Backtrader needs nothing (security/SECCOMP.md):
+# no ptrace, io_uring, AF_VSOCK, personality changes or modify_ldt among others.
+BUILTIN_SECCOMP_PROFILE = Path(__file__).resolve().parents[1] / "sandbox" / "seccomp.json"
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 10))
+
+
+class Settings(BaseSettings):
+    """Host-side settings. Read once at start-up; never mutated afterwards."""
+
+    model_config = SettingsConfigDict(env_prefix="BACKTEST_", frozen=True, extra="ignore")
+
+    # docs/interface.md section 6.
+    data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "data")
+    state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state"))
+    max_workers: int = Field(default_factory=default_workers, ge=1, le=64)
+    runtime: Literal["auto", "runc", "runsc"] = "auto"
+    pool_size: int | None = Field(None, ge=0, le=64)  # None: the worker count
+    # "token1:tenant_a,token2:tenant_b". Secret: a repr or a log of the settings shows stars.
+    api_tokens: SecretStr = SecretStr("")
+    pool_max_age_seconds: float = Field(300.0, gt=0)  # idle warm containers are recycled
+
+    # Tenants (README "Multi-tenant HTTP").
+    tenant_max_running: int | None = Field(None, ge=1)  # None: max_workers (no per-tenant cap)
+    tenant_max_queued: int = Field(100, ge=1)  # a submission beyond it is refused
+    allowed_hosts: str = ""  # extra Host header values for HTTP, comma-separated
+
+    # The runner image.
+    image_repository: str = "backtest-sandbox-runner"
+    base_image: str = "python:3.11-slim"  # used when present or pullable; else debootstrap
+    cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache"))
+
+    # Limits a config may ask for at most.
+    max_timeout_seconds: float = Field(600.0, gt=0)
+    max_memory_mb: int = Field(4096, ge=128)
+
+    # Container hardening defaults (docs/security.md).
+    sandbox_uid: int = Field(10001, ge=1)  # never 0: the strategy runs unprivileged
+    pids_limit: int = Field(64, ge=8)  # stops fork and thread bombs
+    cpus: float = Field(1.0, gt=0)  # CPU quota per container
+    tmpfs_mb: int = Field(64, ge=1)  # /tmp size; counts towards the memory limit
+    nofile: int = Field(256, ge=16)  # open files per process
+    fsize_mb: int = Field(64, ge=1)  # largest file the sandbox may write
+    # A seccomp profile (JSON file); "docker-default" (or empty) for Docker's own, looser one.
+    seccomp_profile: Path | None = BUILTIN_SECCOMP_PROFILE
+    kill_grace_seconds: float = Field(1.0, ge=0)  # SIGTERM to SIGKILL on timeout or cancel
+    library_volumes: bool = True  # serve the image's Python libraries from read-only volumes
+
+    # What the host reads back, capped before it is read.
+    log_cap_bytes: int = Field(64 * 1024, ge=1024)
+    result_cap_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_code_bytes: int = Field(1024 * 1024, ge=1)
+
+    @field_validator("seccomp_profile", mode="before")
+    @classmethod
+    def _docker_default_profile(cls, value: object) -> object:
+        return None if value in ("", "docker-default") else value
+
+    @field_validator("data_dir", "state_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_pool_size(self) -> int:
+        return self.max_workers if self.pool_size is None else self.pool_size
+
+    @property
+    def effective_tenant_max_running(self) -> int:
+        return self.max_workers if self.tenant_max_running is None else self.tenant_max_running
+
+    def tenant_tokens(self) -> dict[str, str]:
+        """token -> tenant, from `api_tokens`.
+
+        Raises:
+            ValueError: an entry breaks a rule of `tenants.parse_api_tokens` (the message names
+                the entry by its position, never its token).
+        """
+        return parse_api_tokens(self.api_tokens.get_secret_value())

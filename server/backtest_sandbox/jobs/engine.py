@@ -1,0 +1,217 @@
+"""The engine: one backtest request in, one `RunOutcome` out. Shared by the CLI and the scheduler.
+
+It wires one run together: the host-side checks (language, compile), the data catalog (the
+bars, prepared once), the sandbox (one `SandboxJob`, one `Verdict`), and the metrics the host
+computes from the sandbox's claim. It is thread-safe: the scheduler calls `run` from several
+worker threads at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from backtest_sandbox.data import catalog
+from backtest_sandbox.domain.code import (
+    STRATEGY_FILENAME,
+    Language,
+    check_syntax,
+    unsupported_language,
+)
+from backtest_sandbox.domain.config import BacktestConfig
+from backtest_sandbox.domain.errors import DataError, ErrorType, SandboxError
+from backtest_sandbox.domain.metrics import compute_metrics
+from backtest_sandbox.domain.models import (
+    BacktestResult,
+    EquityPoint,
+    JobStatus,
+    Provenance,
+    RunError,
+    RunOutcome,
+)
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.image import build as image
+from backtest_sandbox.sandbox.claim import CompletedClaim
+from backtest_sandbox.sandbox.runner import ProgressCallback, SandboxJob, SandboxRunner
+from backtest_sandbox.sandbox.supervisor import Verdict
+
+from .cache import cache_key
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One backtest to run. `tenant` scopes caching and visibility."""
+
+    backtest_id: str
+    code: str
+    config: BacktestConfig
+    language: Language = "python"
+    tenant: str = "local"
+
+    @property
+    def code_sha256(self) -> str:
+        return hashlib.sha256(self.code.encode()).hexdigest()
+
+
+class Engine:
+    """Runs backtests in the sandbox. One per process; `run` may be called from many threads."""
+
+    def __init__(self, settings: Settings, runner: SandboxRunner | None = None) -> None:
+        self.settings = settings
+        self.runner = runner or SandboxRunner(settings)
+
+    def cache_key(self, request: RunRequest) -> str | None:
+        """The key a run of `request` would be cached under, from the data it would read now.
+
+        Cheap: no bars are read or generated (see `catalog.data_identity`). None when the
+        catalog cannot say (the run will then fail with data_error).
+        """
+        try:
+            identity = catalog.data_identity(request.config, self.settings.data_dir)
+        except DataError:
+            return None
+        return cache_key(request, identity, image.expected_tag(self.settings))
+
+    def run(
+        self,
+        request: RunRequest,
+        *,
+        cancel: threading.Event | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunOutcome:
+        """Run one backtest to a terminal outcome. Blocks; never raises for a strategy's fault.
+
+        Infrastructure failures come back as a failed outcome of type sandbox_error, so that a
+        worker thread never dies. Setting `cancel` kills the container at once and gives a
+        `cancelled` outcome. The outcome's `cache_key` names the data the run really used.
+        """
+        started = time.monotonic()
+        try:
+            outcome = self._run(request, cancel, on_progress)
+        except SandboxError as e:
+            outcome = _failed(ErrorType.SANDBOX_ERROR, str(e))
+        outcome.execution_time_seconds = round(time.monotonic() - started, 3)
+        return outcome
+
+    def _run(
+        self,
+        request: RunRequest,
+        cancel: threading.Event | None,
+        on_progress: ProgressCallback | None,
+    ) -> RunOutcome:
+        refused = unsupported_language(request.language) or check_syntax(request.code)
+        if refused is not None:
+            return RunOutcome(status=JobStatus.FAILED, error=refused)
+        config = request.config
+        tag = image.expected_tag(self.settings)
+        try:
+            identity = catalog.data_identity(config, self.settings.data_dir)
+            data = catalog.prepare(config, self.settings.data_dir)
+        except DataError as e:
+            outcome = _failed(ErrorType.DATA_ERROR, str(e), **e.details)
+            if e.details.get("rule") != "changed":  # a race, not a property of the data
+                outcome.cache_key = cache_key(request, identity, tag)
+            return outcome
+        verdict = self.runner.run(
+            SandboxJob(
+                backtest_id=request.backtest_id,
+                spec=_job_spec(request, data),
+                inputs={"data.csv": data.csv_bytes},
+                memory_mb=config.memory_mb,
+                timeout_seconds=config.timeout_seconds,
+                expected_bars=data.bars,
+            ),
+            cancel=cancel,
+            on_progress=on_progress,
+        )
+        if verdict.claim is None:
+            return RunOutcome(status=verdict.status, error=verdict.error, logs=verdict.logs)
+        warnings = list(data.warnings)
+        if verdict.logs_cut:
+            warnings.append(f"logs were cut to {self.settings.log_cap_bytes} bytes")
+        result = _result(request, data, verdict, verdict.claim, warnings)
+        return RunOutcome(
+            status=JobStatus.COMPLETED,
+            result=result,
+            logs=verdict.logs,
+            cache_key=cache_key(request, data.identity, tag),
+        )
+
+    def remove_orphans(self) -> int:
+        """Remove every container of this project whose owner died; before any run starts.
+
+        Raises:
+            SandboxError: the daemon cannot be reached.
+        """
+        return self.runner.remove_orphans()
+
+    def close(self) -> None:
+        """Remove the warm pool's containers and release the Docker client."""
+        self.runner.close()
+
+
+def _result(
+    request: RunRequest,
+    data: catalog.PreparedData,
+    verdict: Verdict,
+    claim: CompletedClaim,
+    warnings: list[str],
+) -> BacktestResult:
+    config = request.config
+    trades = [trade.model_dump() for trade in claim.trades]
+    if claim.open_trades:
+        warnings.append(f"{claim.open_trades} trade(s) still open at the end are not in trade_log")
+    metrics = compute_metrics(
+        [value for _, value in claim.equity_curve],
+        trades,
+        initial_capital=config.initial_capital,
+        periods_per_year=config.timeframe.periods_per_year,
+        bars_in_market=claim.bars_in_market,
+    )
+    return BacktestResult(
+        backtest_id=request.backtest_id,
+        status=JobStatus.COMPLETED,
+        metrics=metrics,
+        equity_curve=[EquityPoint(timestamp=t, value=v) for t, v in claim.equity_curve],
+        trade_log=trades,
+        logs=verdict.logs,
+        execution_time_seconds=0.0,
+        data=data.info(),
+        provenance=Provenance(
+            code_sha256=request.code_sha256,
+            config_sha256=config.sha256(),
+            runner_image=verdict.image or "",
+            backtrader_version=claim.backtrader_version,
+            runtime=verdict.runtime,
+            container_id=verdict.container_id,
+            warm=verdict.warm,
+        ),
+        warnings=warnings,
+    )
+
+
+def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]:
+    """The job spec of runner_image/PROTOCOL.md."""
+    config = request.config
+    return {
+        "protocol": 1,
+        "code": request.code,
+        "filename": STRATEGY_FILENAME,
+        "params": config.params,
+        "broker": {
+            "initial_capital": config.initial_capital,
+            "commission": config.commission,
+            "slippage": config.slippage,
+            "stake": config.stake,
+        },
+        "data": {"path": "/job/data.csv", "timeframe": config.timeframe.name, "bars": data.bars},
+    }
+
+
+def _failed(error_type: ErrorType, message: str, **details: Any) -> RunOutcome:
+    return RunOutcome(
+        status=JobStatus.FAILED, error=RunError(type=error_type, message=message, details=details)
+    )

@@ -1,0 +1,491 @@
+"""The backtest service: submit, status, list, read, cancel, delete. Shared by every front end.
+
+It validates what callers send (naming the field and the rule), answers from the job store,
+and hands queued work to the scheduler. Every call takes the caller's `tenant`: a job of
+another tenant is answered exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from dataclasses import replace
+from types import TracebackType
+from typing import Any
+
+from pydantic import ValidationError
+
+from backtest_sandbox.domain.code import (
+    check_code,
+    check_language,
+    is_backtest_id,
+    new_backtest_id,
+    unsupported_language,
+)
+from backtest_sandbox.domain.config import parse_config
+from backtest_sandbox.domain.errors import (
+    BacktestSandboxError,
+    ErrorType,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+)
+from backtest_sandbox.domain.models import BacktestResult, JobStatus, RunError
+from backtest_sandbox.domain.settings import Settings
+
+from . import audit, views
+from .engine import RunRequest
+from .scheduler import EngineLike, Scheduler
+from .store import Job, JobStore, JobSummary, NewJob, Recovery
+
+logger = logging.getLogger(__name__)
+
+MAX_LIST_LIMIT = 200
+MAX_ATTEMPTS = 2  # a job interrupted by a dying server runs once more, then fails
+_CURSOR_PREFIX = "v1:"
+
+
+def check_int(value: Any, field: str) -> int:
+    """Raises:
+    InvalidRequest: not an integer (a bool is not one either).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(field, "must be an integer")
+    return value
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{seq}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> int:
+    """Raises:
+    InvalidRequest: not a cursor this server handed out.
+    """
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+        if not text.startswith(_CURSOR_PREFIX):
+            raise ValueError(text)
+        return int(text.removeprefix(_CURSOR_PREFIX))
+    except (ValueError, UnicodeError, binascii.Error):
+        raise InvalidRequest("cursor", "is not a next_cursor returned by list_backtests") from None
+
+
+class BacktestService:
+    """The job service over one store, one scheduler and one engine. Thread-safe."""
+
+    def __init__(self, settings: Settings, engine: EngineLike, store: JobStore | None = None):
+        """Open the job store in `settings.state_dir`; nothing runs before `start`.
+
+        Raises:
+            sqlite3.Error: the store cannot be opened.
+        """
+        self.settings = settings
+        self._engine = engine
+        self._store = store or JobStore(settings.state_dir / "jobs.sqlite3")
+        self._scheduler = Scheduler(
+            self._store,
+            engine,
+            workers=settings.max_workers,
+            tenant_max_running=settings.effective_tenant_max_running,
+        )
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> Recovery:
+        """Account for what a previous process left, then start the workers.
+
+        Containers of a dead process are removed first (an unreachable daemon is logged: its
+        jobs will fail with sandbox_error). Jobs found running were interrupted: each runs
+        once more, and fails with sandbox_error if it is interrupted again.
+        """
+        try:
+            removed = self._engine.remove_orphans()
+        except BacktestSandboxError as e:
+            logger.warning("could not look for orphaned containers: %s", e)
+        else:
+            if removed:
+                logger.info("removed %d container(s) left by a previous process", removed)
+        give_up = RunError(
+            type=ErrorType.SANDBOX_ERROR,
+            message="the server stopped twice while this backtest ran; it was not retried again",
+            details={"attempts": MAX_ATTEMPTS},
+        )
+        recovery = self._store.recover(
+            max_attempts=MAX_ATTEMPTS, give_up_error_json=give_up.model_dump_json()
+        )
+        if recovery.requeued or recovery.failed:
+            logger.info(
+                "recovered: %d interrupted job(s) queued again, %d failed after two interruptions",
+                recovery.requeued,
+                recovery.failed,
+            )
+        self._scheduler.start()
+        return recovery
+
+    def close(self) -> None:
+        """Stop the workers (their jobs go back to the queue), then the engine and the store."""
+        self._scheduler.stop()
+        self._engine.close()
+        self._store.close()
+
+    def __enter__(self) -> BacktestService:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def submit(
+        self, tenant: str, code_content: Any, language: Any = "python", config: Any = None
+    ) -> views.SubmitResponse:
+        """Queue a backtest, or answer at once from the cache or for an unrunnable language.
+
+        Every submission, refused ones included, leaves one audit line.
+
+        Raises:
+            InvalidRequest: the code, the language or the config breaks a rule; nothing queued.
+            QuotaExceeded: the tenant has `tenant_max_queued` jobs queued; nothing queued.
+        """
+        code_hash = audit.code_sha256(code_content)
+        try:
+            response = self._submit(tenant, code_content, language, config)
+        except InvalidRequest as e:
+            audit.record("submit", tenant, None, code_hash, status="rejected", field=e.field)
+            raise
+        except QuotaExceeded as e:
+            audit.record("submit", tenant, None, code_hash, status="rejected", rule=e.rule)
+            raise
+        audit.record(
+            "submit",
+            tenant,
+            response.backtest_id,
+            code_hash,
+            status=response.status.value,
+            cached=response.cached,
+            error_type=None if response.error is None else response.error.type.value,
+        )
+        return response
+
+    def _submit(
+        self, tenant: str, code_content: Any, language: Any, config: Any
+    ) -> views.SubmitResponse:
+        code = check_code(code_content, self.settings.max_code_bytes)
+        lang = check_language(language)
+        parsed = parse_config(
+            config,
+            max_timeout_seconds=self.settings.max_timeout_seconds,
+            max_memory_mb=self.settings.max_memory_mb,
+        )
+        job = NewJob(
+            id=new_backtest_id(),
+            tenant=tenant,
+            language=lang,
+            code=code,
+            config_json=parsed.canonical_json(),
+            symbol=parsed.symbol,
+            timeframe=parsed.timeframe.name,
+        )
+        error = unsupported_language(lang)
+        if error is not None:
+            self._store.insert(
+                replace(job, status=JobStatus.FAILED, error_json=error.model_dump_json())
+            )
+            return views.SubmitResponse(
+                backtest_id=job.id, status=JobStatus.FAILED, cached=False, error=error
+            )
+        request = RunRequest(
+            backtest_id=job.id, code=code, config=parsed, language=lang, tenant=tenant
+        )
+        job = replace(job, cache_key=self._cache_key(request))
+        hit = self._from_cache(job)
+        if hit is not None:
+            return hit  # never queued: no quota applies
+        self._store.insert(job, max_queued=self.settings.tenant_max_queued)
+        self._scheduler.wake()
+        return views.SubmitResponse(backtest_id=job.id, status=JobStatus.QUEUED, cached=False)
+
+    def _cache_key(self, request: RunRequest) -> str | None:
+        try:
+            return self._engine.cache_key(request)
+        except BacktestSandboxError as e:
+            # No key only means no caching; the run itself will meet and report the fault.
+            logger.warning("no cache key for %s: %s", request.backtest_id, e)
+            return None
+
+    def _from_cache(self, job: NewJob) -> views.SubmitResponse | None:
+        """A terminal job from the cached outcome of an identical earlier run, if any."""
+        entry = None if job.cache_key is None else self._store.cache_get(job.cache_key)
+        if entry is None:
+            return None
+        try:
+            error = (
+                None if entry.error_json is None else RunError.model_validate_json(entry.error_json)
+            )
+            result_json = _rebrand(entry.result_json, job.id)
+            view_json = _rebrand(entry.view_json, job.id)
+        except (ValidationError, ValueError):
+            # Written by a server whose result schema differed: run it again instead.
+            logger.warning("ignoring a cache entry that no longer validates")
+            return None
+        self._store.insert(
+            replace(
+                job,
+                status=entry.status,
+                cached=True,
+                result_json=result_json,
+                view_json=view_json,
+                error_json=entry.error_json,
+            )
+        )
+        return views.SubmitResponse(
+            backtest_id=job.id, status=entry.status, cached=True, error=error
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _job(self, tenant: str, backtest_id: Any) -> Job:
+        """Raises:
+        NotFound: no such job for this tenant (another tenant's job included).
+        """
+        if not is_backtest_id(backtest_id):
+            raise NotFound(str(backtest_id)[:80])
+        job = self._store.get(tenant, backtest_id)
+        if job is None:
+            raise NotFound(backtest_id)
+        return job
+
+    def summary(self, tenant: str, backtest_id: Any) -> JobSummary:
+        """The job's status and progress without its code or result: cheap enough to poll.
+
+        Raises:
+            NotFound: no such job for this tenant.
+        """
+        if not is_backtest_id(backtest_id):
+            raise NotFound(str(backtest_id)[:80])
+        job = self._store.get_summary(tenant, backtest_id)
+        if job is None:
+            raise NotFound(backtest_id)
+        return job
+
+    def status(self, tenant: str, backtest_id: Any, *, full: bool = False) -> views.StatusResponse:
+        """Status, progress, and the result (cut down unless `full`) or the error.
+
+        Raises:
+            NotFound: no such job for this tenant.
+        """
+        return views.status_view(self._job(tenant, backtest_id), full=full)
+
+    def list_backtests(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        limit: Any = 50,
+        cursor: str | None = None,
+    ) -> views.ListResponse:
+        """The tenant's backtests, newest first, a page at a time.
+
+        Raises:
+            InvalidRequest: an unknown status, a limit out of range, or a foreign cursor.
+        """
+        wanted = None
+        if status is not None:
+            try:
+                wanted = JobStatus(status)
+            except ValueError:
+                names = ", ".join(s.value for s in JobStatus)
+                raise InvalidRequest("status", f"must be one of {names}") from None
+        if not 1 <= check_int(limit, "limit") <= MAX_LIST_LIMIT:
+            raise InvalidRequest("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
+        before = None if cursor is None else _decode_cursor(cursor)
+        jobs, more = self._store.list_jobs(tenant, status=wanted, limit=limit, before_seq=before)
+        return views.ListResponse(
+            backtests=[views.summary_view(job) for job in jobs],
+            next_cursor=_encode_cursor(jobs[-1].seq) if more else None,
+        )
+
+    def read(
+        self,
+        tenant: str,
+        backtest_id: Any,
+        *,
+        chart: str | None = None,
+        full: bool = False,
+    ) -> views.ResultView | views.StatusResponse:
+        """The result with the named chart's series; the status when there is no result yet.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            InvalidRequest: `chart` names no chart.
+        """
+        name = None if chart is None else _chart_name(chart)
+        job = self._job(tenant, backtest_id)
+        if job.result_json is not None and name is not None:
+            result = BacktestResult.model_validate_json(job.result_json)
+            return views.result_view(result, cached=job.cached, full=full, chart=name)
+        view = views.job_result_view(job, full=full)
+        return views.status_view(job) if view is None else view
+
+    def _result(self, tenant: str, backtest_id: Any) -> BacktestResult:
+        job = self._job(tenant, backtest_id)
+        result = views.load_result(job)
+        if result is None:
+            error = views.load_error(job)
+            why = f"it is {job.status.value}" + (f" ({error.type.value})" if error else "")
+            raise InvalidRequest("backtest_id", f"{job.id} has no result: {why}")
+        return result
+
+    def orders(
+        self, tenant: str, backtest_id: Any, *, start: Any = 0, end: Any = 100
+    ) -> views.OrdersResponse:
+        """A page of the trade log: entries start <= i < end.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            InvalidRequest: a bad range, or the job has no result.
+        """
+        start, end = check_int(start, "start"), check_int(end, "end")
+        if start < 0:
+            raise InvalidRequest("start", "must be >= 0")
+        if end < start:
+            raise InvalidRequest("end", "must be >= start")
+        if end - start > views.ORDERS_PAGE_MAX:
+            raise InvalidRequest("end", f"a page holds at most {views.ORDERS_PAGE_MAX} orders")
+        trades = self._result(tenant, backtest_id).trade_log
+        page = trades[start:end]
+        stop = start + len(page)
+        return views.OrdersResponse(
+            backtest_id=backtest_id,
+            orders=page,
+            total=len(trades),
+            start=start,
+            end=stop,
+            next_start=stop if stop < len(trades) else None,
+        )
+
+    def chart(
+        self, tenant: str, backtest_id: Any, name: str, *, full: bool = False, draw_points: int
+    ) -> tuple[views.ChartSeries, views.ChartSeries]:
+        """The named series (cut down unless `full`), and the same cut to `draw_points` for a
+        picture of it.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            InvalidRequest: `name` names no chart, or the job has no result.
+        """
+        chart = _chart_name(name, field="name")
+        result = self._result(tenant, backtest_id)
+        series = views.chart_series(
+            result, chart, max_points=None if full else views.INLINE_EQUITY_POINTS
+        )
+        return series, views.chart_series(result, chart, max_points=draw_points)
+
+    def stats(self, tenant: str) -> views.QueueStats:
+        """The tenant's jobs by status, and the server's worker slots."""
+        counts = self._store.counts(tenant)
+        by = counts.by_status
+        return views.QueueStats(
+            queued=by[JobStatus.QUEUED],
+            running=by[JobStatus.RUNNING],
+            completed=by[JobStatus.COMPLETED],
+            failed=by[JobStatus.FAILED],
+            cancelled=by[JobStatus.CANCELLED],
+            total=sum(by.values()),
+            workers=self._scheduler.workers,
+            workers_busy=self._scheduler.busy,
+            cache_hits=counts.cache_hits,
+            avg_execution_seconds=_rounded(counts.avg_execution_seconds),
+            avg_queue_wait_seconds=_rounded(counts.avg_wait_seconds),
+        )
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def cancel(self, tenant: str, backtest_id: Any) -> views.CancelResponse:
+        """Cancel a queued or running job at once (a running container is killed); a finished
+        job keeps its status. Leaves an audit line, for an unknown id too.
+
+        Raises:
+            NotFound: no such job for this tenant.
+        """
+        code = self._code_for_audit(tenant, backtest_id)
+        try:
+            job = self.summary(tenant, backtest_id)
+            change = self._store.cancel(tenant, job.id)
+            if change is None:  # deleted meanwhile
+                raise NotFound(job.id)
+        except NotFound:
+            audit.record("cancel", tenant, backtest_id, code, status="not_found")
+            raise
+        before, now = change
+        if before is JobStatus.RUNNING:
+            self._scheduler.cancel(job.id)
+        audit.record("cancel", tenant, job.id, code, before=before.value, status=now.value)
+        return views.CancelResponse(backtest_id=job.id, status=now)
+
+    def delete(self, tenant: str, backtest_id: Any) -> views.DeleteResponse:
+        """Delete a job and its result; a running one is killed first. Leaves an audit line,
+        for an unknown id too.
+
+        Raises:
+            NotFound: no such job for this tenant.
+        """
+        code = self._code_for_audit(tenant, backtest_id)
+        try:
+            job = self.summary(tenant, backtest_id)
+            before = self._store.delete(tenant, job.id)
+            if before is None:
+                raise NotFound(job.id)
+        except NotFound:
+            audit.record("delete", tenant, backtest_id, code, status="not_found")
+            raise
+        if before is JobStatus.RUNNING:
+            self._scheduler.cancel(job.id)
+        audit.record("delete", tenant, job.id, code, before=before.value, status="deleted")
+        return views.DeleteResponse(backtest_id=job.id, deleted=True)
+
+    def _code_for_audit(self, tenant: str, backtest_id: Any) -> str:
+        """The SHA-256 of the tenant's job's code; `-` when there is no such job."""
+        if not is_backtest_id(backtest_id):
+            return "-"
+        code = self._store.code(tenant, backtest_id)
+        return "-" if code is None else audit.code_sha256(code)
+
+
+def _rebrand(stored: str | None, backtest_id: str) -> str | None:
+    """A cached result (or its view) under the id of the job that now holds it.
+
+    On the parsed JSON, not the model: the stored text was validated when it was written,
+    and a whole result is slow to validate again.
+
+    Raises:
+        ValueError: the stored text is not a JSON object.
+    """
+    if stored is None:
+        return None
+    data = json.loads(stored)
+    if not isinstance(data, dict):
+        raise ValueError("a cached result must be a JSON object")
+    data["backtest_id"] = backtest_id
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _chart_name(value: str, *, field: str = "chart") -> views.ChartName:
+    if value == "equity":
+        return "equity"
+    if value == "drawdown":
+        return "drawdown"
+    raise InvalidRequest(field, "must be 'equity' or 'drawdown'")
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,572 @@
+"""The durable job store and result cache: one SQLite file in the state directory.
+
+Every state change is one `BEGIN IMMEDIATE` transaction, so a job is never half written and
+a process killed at any instant leaves rows that `recover` can account for. WAL lets status
+reads (a primary-key lookup) run while a worker writes a large result.
+
+Connections come from a small pool rather than thread-locals: anyio's worker threads come and
+go, and a connection per short-lived thread would leak until shutdown.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backtest_sandbox.domain.errors import QuotaExceeded
+from backtest_sandbox.domain.models import JobStatus
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000  # a writer holds the lock for milliseconds; waiting beats failing
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: list order and cursors
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    language TEXT NOT NULL,
+    code TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    cache_key TEXT,
+    cached INTEGER NOT NULL DEFAULT 0,
+    symbol TEXT NOT NULL,
+    timeframe TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress_done INTEGER,
+    progress_total INTEGER,
+    progress_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,  -- times a worker started it
+    result_json TEXT,
+    view_json TEXT,  -- the result cut down for tool output, made once when it is stored
+    error_json TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant_status ON jobs (tenant, status);  -- quotas
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_cache_key ON jobs (cache_key);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    result_json TEXT,
+    view_json TEXT,
+    error_json TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant TEXT PRIMARY KEY,
+    last_claim INTEGER NOT NULL  -- order of the tenant's latest claim: least recently served first
+);
+CREATE TABLE IF NOT EXISTS counters (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+"""
+
+_SUMMARY_COLUMNS = (
+    "seq, id, tenant, status, language, symbol, timeframe, cached, created_at, started_at, "
+    "finished_at, progress_done, progress_total, progress_at, attempts, error_json"
+)
+_JOB_COLUMNS = f"{_SUMMARY_COLUMNS}, code, config_json, cache_key, result_json, view_json"
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job without its code and result: what listings need."""
+
+    seq: int
+    id: str
+    tenant: str
+    status: JobStatus
+    language: str
+    symbol: str
+    timeframe: str
+    cached: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress_done: int | None
+    progress_total: int | None
+    progress_at: float | None
+    attempts: int
+    error_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job(JobSummary):
+    """A whole job row."""
+
+    code: str
+    config_json: str
+    cache_key: str | None
+    result_json: str | None
+    view_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert: queued, or already terminal (a cache hit, an unsupported language)."""
+
+    id: str
+    tenant: str
+    language: str
+    code: str
+    config_json: str
+    symbol: str
+    timeframe: str
+    cache_key: str | None = None
+    status: JobStatus = JobStatus.QUEUED
+    cached: bool = False
+    result_json: str | None = None
+    view_json: str | None = None
+    error_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A stored terminal outcome: completed with a result, or a deterministic failure."""
+
+    status: JobStatus
+    result_json: str | None
+    view_json: str | None
+    error_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What `recover` found left by a previous process."""
+
+    requeued: int  # were running; run again
+    failed: int  # were running for the second time; given up
+    queued: int  # waiting now, including the re-queued ones
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCounts:
+    by_status: dict[JobStatus, int]
+    cache_hits: int
+    avg_execution_seconds: float | None
+    avg_wait_seconds: float | None
+
+
+def _summary_fields(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "seq": row["seq"],
+        "id": row["id"],
+        "tenant": row["tenant"],
+        "status": JobStatus(row["status"]),
+        "language": row["language"],
+        "symbol": row["symbol"],
+        "timeframe": row["timeframe"],
+        "cached": bool(row["cached"]),
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "progress_done": row["progress_done"],
+        "progress_total": row["progress_total"],
+        "progress_at": row["progress_at"],
+        "attempts": row["attempts"],
+        "error_json": row["error_json"],
+    }
+
+
+def _summary(row: sqlite3.Row) -> JobSummary:
+    return JobSummary(**_summary_fields(row))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        **_summary_fields(row),
+        code=row["code"],
+        config_json=row["config_json"],
+        cache_key=row["cache_key"],
+        result_json=row["result_json"],
+        view_json=row["view_json"],
+    )
+
+
+class JobStore:
+    """Jobs and cached results in `<state_dir>/jobs.sqlite3`. Thread-safe."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        """Open (and create or migrate) the store.
+
+        Raises:
+            sqlite3.Error: the file cannot be opened or is not this store's database.
+        """
+        self.path = path
+        self._clock = clock
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connection() as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"{path}: schema version {version} is newer than this server ({SCHEMA_VERSION})"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- connections and transactions ------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        # check_same_thread=False: a pooled connection moves between threads, never shared
+        # by two at once; close() may run on another thread than the one that opened it.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # NORMAL in WAL mode: a commit survives the process being killed (only power loss
+        # can drop the last transactions), at a fraction of FULL's fsync cost.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise sqlite3.ProgrammingError("the job store is closed")
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            self._idle.put(conn)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock up front, so two writers
+        never deadlock upgrading a read lock."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection. Safe to call twice."""
+        with self._lock:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def insert(self, job: NewJob, *, max_queued: int | None = None) -> Job:
+        """Insert one job; a cache hit also counts towards the tenant's `cache_hits`.
+
+        With `max_queued`, a queued job is refused when its tenant already has that many
+        queued: counted in the same transaction, so concurrent submissions cannot overshoot.
+
+        Raises:
+            QuotaExceeded: the tenant's queue is full (rule `tenant_max_queued`).
+            sqlite3.IntegrityError: the id is already taken.
+        """
+        now = self._clock()
+        finished = now if job.status.is_terminal else None
+        with self._transaction() as conn:
+            if max_queued is not None and job.status is JobStatus.QUEUED:
+                (queued,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status = 'queued'",
+                    (job.tenant,),
+                ).fetchone()
+                if queued >= max_queued:
+                    raise QuotaExceeded(
+                        "tenant_max_queued",
+                        f"{queued} of your backtests are queued, the most a tenant may have"
+                        " waiting; cancel some or wait until they start",
+                        limit=max_queued,
+                        current=queued,
+                    )
+            conn.execute(
+                "INSERT INTO jobs (id, tenant, status, language, code, config_json, cache_key,"
+                " cached, symbol, timeframe, created_at, finished_at, result_json, view_json,"
+                " error_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.tenant,
+                    job.status.value,
+                    job.language,
+                    job.code,
+                    job.config_json,
+                    job.cache_key,
+                    int(job.cached),
+                    job.symbol,
+                    job.timeframe,
+                    now,
+                    finished,
+                    job.result_json,
+                    job.view_json,
+                    job.error_json,
+                ),
+            )
+            if job.cached:
+                self._bump(conn, job.tenant, "cache_hits")
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job.id,))
+            return _job(row.fetchone())
+
+    def get(self, tenant: str, job_id: str) -> Job | None:
+        """The job, or None when it does not exist or belongs to another tenant."""
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
+            ).fetchone()
+        return None if row is None else _job(row)
+
+    def get_summary(self, tenant: str, job_id: str) -> JobSummary | None:
+        """Like `get`, without reading the code and the result (cheap for polling)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE id = ? AND tenant = ?",
+                (job_id, tenant),
+            ).fetchone()
+        return None if row is None else _summary(row)
+
+    def code(self, tenant: str, job_id: str) -> str | None:
+        """The job's code, or None when it is not the tenant's (for audit lines)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT code FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
+            ).fetchone()
+        return None if row is None else str(row["code"])
+
+    def list_jobs(
+        self, tenant: str, *, status: JobStatus | None, limit: int, before_seq: int | None
+    ) -> tuple[list[JobSummary], bool]:
+        """The tenant's jobs, newest first, older than `before_seq`; and whether more remain."""
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE tenant = ?"
+        args: list[object] = [tenant]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status.value)
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            args.append(before_seq)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit + 1)
+        with self._connection() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [_summary(row) for row in rows[:limit]], len(rows) > limit
+
+    def claim_next(self, *, max_running_per_tenant: int | None = None) -> Job | None:
+        """Mark the next queued job running and return it, or None when nothing is claimable.
+
+        Fair across tenants: the tenant with the fewest running jobs goes first, then the one
+        served least recently, then its oldest job. One tenant's flood of jobs thus never holds
+        back another tenant's first job, even with one worker; alone, a tenant is served first
+        in, first out. A tenant with `max_running_per_tenant` jobs running is skipped.
+        """
+        now = self._clock()
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT j.id, j.tenant FROM jobs AS j"
+                " LEFT JOIN (SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'running'"
+                "  GROUP BY tenant) AS r ON r.tenant = j.tenant"
+                " LEFT JOIN tenants AS t ON t.tenant = j.tenant"
+                " WHERE j.status = 'queued' AND (:cap IS NULL OR COALESCE(r.n, 0) < :cap)"
+                " ORDER BY COALESCE(r.n, 0), COALESCE(t.last_claim, 0), j.created_at, j.seq"
+                " LIMIT 1",
+                {"cap": max_running_per_tenant},
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1,"
+                " progress_done = NULL, progress_total = NULL, progress_at = NULL WHERE id = ?",
+                (now, row["id"]),
+            )
+            conn.execute(
+                "INSERT INTO tenants (tenant, last_claim)"
+                " VALUES (?, (SELECT COALESCE(MAX(last_claim), 0) + 1 FROM tenants))"
+                " ON CONFLICT (tenant) DO UPDATE SET last_claim = excluded.last_claim",
+                (row["tenant"],),
+            )
+            claimed = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (row["id"],))
+            return _job(claimed.fetchone())
+
+    def set_progress(self, job_id: str, done: int, total: int) -> None:
+        """Record bars done of total for a running job (ignored once it is not running)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET progress_done = ?, progress_total = ?, progress_at = ?"
+                " WHERE id = ? AND status = 'running'",
+                (done, total, self._clock(), job_id),
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result_json: str | None = None,
+        view_json: str | None = None,
+        error_json: str | None = None,
+        cache_key: str | None = None,
+    ) -> bool:
+        """Record a running job's terminal outcome, and cache it under `cache_key` if given.
+
+        Returns False, changing nothing, when the job is no longer running: it was cancelled
+        or deleted while the engine ran, and that decision stands.
+        """
+        now = self._clock()
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, result_json = ?, view_json = ?,"
+                " error_json = ? WHERE id = ? AND status = 'running'",
+                (status.value, now, result_json, view_json, error_json, job_id),
+            ).rowcount
+            if updated and cache_key is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO cache"
+                    " (key, status, result_json, view_json, error_json, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (cache_key, status.value, result_json, view_json, error_json, now),
+                )
+            return bool(updated)
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a running job back in the queue without counting the attempt (a clean stop)."""
+        with self._transaction() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', started_at = NULL, attempts = attempts - 1,"
+                    " progress_done = NULL, progress_total = NULL, progress_at = NULL"
+                    " WHERE id = ? AND status = 'running'",
+                    (job_id,),
+                ).rowcount
+            )
+
+    def cancel(self, tenant: str, job_id: str) -> tuple[JobStatus, JobStatus] | None:
+        """Cancel a queued or running job at once.
+
+        Returns (status before, status now), or None when the job is not the tenant's. A job
+        already terminal keeps its status.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT status FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
+            ).fetchone()
+            if row is None:
+                return None
+            before = JobStatus(row["status"])
+            if before.is_terminal:
+                return before, before
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?",
+                (self._clock(), job_id),
+            )
+            return before, JobStatus.CANCELLED
+
+    def delete(self, tenant: str, job_id: str) -> JobStatus | None:
+        """Delete the tenant's job; return its status before, or None when not found.
+
+        Its cached outcome goes too when no other job refers to it: deleting a backtest
+        forgets its result.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT status, cache_key FROM jobs WHERE id = ? AND tenant = ?",
+                (job_id, tenant),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            key = row["cache_key"]
+            if key is not None:
+                conn.execute(
+                    "DELETE FROM cache WHERE key = ?"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE cache_key = ?)",
+                    (key, key),
+                )
+            return JobStatus(row["status"])
+
+    def recover(self, *, max_attempts: int, give_up_error_json: str) -> Recovery:
+        """Account for every job a killed process left behind, in one transaction.
+
+        A job found running was interrupted: it is queued again, unless it had already been
+        started `max_attempts` times, in which case it fails with `give_up_error_json`.
+        """
+        now = self._clock()
+        with self._transaction() as conn:
+            failed = conn.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, error_json = ?"
+                " WHERE status = 'running' AND attempts >= ?",
+                (now, give_up_error_json, max_attempts),
+            ).rowcount
+            requeued = conn.execute(
+                "UPDATE jobs SET status = 'queued', started_at = NULL, progress_done = NULL,"
+                " progress_total = NULL, progress_at = NULL WHERE status = 'running'"
+            ).rowcount
+            queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
+        return Recovery(requeued=requeued, failed=failed, queued=queued[0])
+
+    # -- cache and counters ------------------------------------------------------------------
+
+    def cache_get(self, key: str) -> CacheEntry | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT status, result_json, view_json, error_json FROM cache WHERE key = ?",
+                (key,),
+            ).fetchone()
+        if row is None:
+            return None
+        return CacheEntry(
+            JobStatus(row["status"]), row["result_json"], row["view_json"], row["error_json"]
+        )
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, tenant: str, name: str) -> None:
+        conn.execute(
+            "INSERT INTO counters (tenant, name, value) VALUES (?, ?, 1)"
+            " ON CONFLICT (tenant, name) DO UPDATE SET value = value + 1",
+            (tenant, name),
+        )
+
+    def counts(self, tenant: str) -> TenantCounts:
+        """The tenant's jobs by status, cache hits, and average run and queue-wait times."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE tenant = ? GROUP BY status",
+                (tenant,),
+            ).fetchall()
+            hits = conn.execute(
+                "SELECT value FROM counters WHERE tenant = ? AND name = 'cache_hits'", (tenant,)
+            ).fetchone()
+            # Cached jobs never ran: they would pull both averages towards zero.
+            times = conn.execute(
+                "SELECT AVG(finished_at - started_at) AS run, AVG(started_at - created_at) AS wait"
+                " FROM jobs WHERE tenant = ? AND status = 'completed' AND cached = 0"
+                " AND started_at IS NOT NULL",
+                (tenant,),
+            ).fetchone()
+        by_status = dict.fromkeys(JobStatus, 0)
+        for row in rows:
+            by_status[JobStatus(row["status"])] = row["n"]
+        return TenantCounts(
+            by_status=by_status,
+            cache_hits=0 if hits is None else hits["value"],
+            avg_execution_seconds=times["run"],
+            avg_wait_seconds=times["wait"],
+        )

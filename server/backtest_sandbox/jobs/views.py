@@ -1,0 +1,314 @@
+"""What the service hands back: response shapes, and results cut to a size an agent can read.
+
+A result can hold tens of thousands of equity points and trades. Tool output lands in an
+agent's context, so by default the equity curve is downsampled (keeping the first and last
+points and every bucket's extremes), the trade log is cut to its first entries (the rest are
+paged by `read_backtest_orders`) and the logs to their tail. `full=True` asks for everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from backtest_sandbox.domain.errors import ErrorType
+from backtest_sandbox.domain.metrics import drawdown_pct
+from backtest_sandbox.domain.models import (
+    BacktestResult,
+    DataInfo,
+    EquityPoint,
+    JobStatus,
+    Provenance,
+    RunError,
+)
+
+from .store import Job, JobSummary
+
+INLINE_EQUITY_POINTS = 500
+INLINE_TRADES = 20
+INLINE_LOG_CHARS = 4000
+ORDERS_PAGE_MAX = 500
+
+ChartName = Literal["equity", "drawdown"]
+
+# -- response shapes -------------------------------------------------------------------------
+
+
+class SubmitResponse(BaseModel):
+    backtest_id: str
+    status: JobStatus = Field(description="queued; completed (or failed) at once on a cache hit")
+    cached: bool
+    error: RunError | None = Field(default=None, description="set when the run failed at once")
+
+
+class ChartSeries(BaseModel):
+    backtest_id: str
+    name: ChartName
+    unit: str = Field(description="'account currency' for equity, 'percent' for drawdown")
+    points: list[EquityPoint]
+    points_total: int = Field(description="points in the full series")
+    downsampled: bool
+
+
+class ResultView(BaseModel):
+    """A `BacktestResult` (docs/interface.md section 4), possibly cut down; the *_total fields
+    say so."""
+
+    backtest_id: str
+    status: JobStatus
+    metrics: dict[str, float | int | None]
+    equity_curve: list[EquityPoint]
+    equity_curve_total: int
+    equity_curve_downsampled: bool
+    trade_log: list[dict[str, Any]]
+    trade_log_total: int
+    trade_log_truncated: bool = Field(description="true: page with read_backtest_orders")
+    logs: str
+    logs_truncated: bool
+    execution_time_seconds: float
+    data: DataInfo
+    provenance: Provenance
+    warnings: list[str]
+    cached: bool = False
+    chart: ChartSeries | None = None
+
+
+class StatusResponse(BaseModel):
+    backtest_id: str
+    status: JobStatus
+    progress_percent: float
+    estimated_completion: str | None = Field(description="ISO time; the end time once finished")
+    result: ResultView | None
+    error: RunError | None
+    cached: bool
+    language: str
+    symbol: str
+    timeframe: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class BacktestSummary(BaseModel):
+    backtest_id: str
+    status: JobStatus
+    symbol: str
+    timeframe: str
+    language: str
+    cached: bool
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress_percent: float
+    error_type: ErrorType | None
+
+
+class ListResponse(BaseModel):
+    backtests: list[BacktestSummary]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null at end")
+
+
+class OrdersResponse(BaseModel):
+    backtest_id: str
+    orders: list[dict[str, Any]]
+    total: int
+    start: int
+    end: int = Field(description="index after the last order returned")
+    next_start: int | None = Field(description="start of the next page; null at the end")
+
+
+class CancelResponse(BaseModel):
+    backtest_id: str
+    status: JobStatus
+
+
+class DeleteResponse(BaseModel):
+    backtest_id: str
+    deleted: bool
+
+
+class QueueStats(BaseModel):
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    total: int
+    workers: int = Field(description="worker slots: at most this many containers run at once")
+    workers_busy: int
+    cache_hits: int
+    avg_execution_seconds: float | None
+    avg_queue_wait_seconds: float | None
+
+
+# -- series ----------------------------------------------------------------------------------
+
+
+def downsample(points: Sequence[EquityPoint], max_points: int) -> list[EquityPoint]:
+    """At most `max_points` of `points`, in order: the first, the last, and the lowest and
+    highest point of each of equal buckets between them, so peaks and troughs survive."""
+    if len(points) <= max_points:
+        return list(points)
+    if max_points < 4:
+        return [points[0], points[-1]][:max_points]
+    inner = len(points) - 2
+    buckets = (max_points - 2) // 2
+    keep = {0, len(points) - 1}
+    for b in range(buckets):
+        lo = 1 + b * inner // buckets
+        hi = 1 + (b + 1) * inner // buckets
+        if lo >= hi:
+            continue
+        bucket = range(lo, hi)
+        keep.add(min(bucket, key=lambda i: points[i].value))
+        keep.add(max(bucket, key=lambda i: points[i].value))
+    return [points[i] for i in sorted(keep)]
+
+
+def drawdown(points: Sequence[EquityPoint]) -> list[EquityPoint]:
+    """Percent below the running peak at each point (0 at a new high, negative below)."""
+    depth = drawdown_pct([point.value for point in points])
+    return [
+        EquityPoint(timestamp=point.timestamp, value=round(-float(d), 6) + 0.0)
+        for point, d in zip(points, depth, strict=True)
+    ]
+
+
+def chart_series(result: BacktestResult, name: ChartName, *, max_points: int | None) -> ChartSeries:
+    """The named series of a result, downsampled to `max_points` unless that is None."""
+    full = result.equity_curve if name == "equity" else drawdown(result.equity_curve)
+    points = full if max_points is None else downsample(full, max_points)
+    return ChartSeries(
+        backtest_id=result.backtest_id,
+        name=name,
+        unit="account currency" if name == "equity" else "percent",
+        points=points,
+        points_total=len(full),
+        downsampled=len(points) < len(full),
+    )
+
+
+# -- builders --------------------------------------------------------------------------------
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def progress_percent(job: JobSummary) -> float:
+    if job.status is JobStatus.COMPLETED:
+        return 100.0
+    if job.status is JobStatus.QUEUED or not job.progress_total:
+        return 0.0
+    done = min(job.progress_done or 0, job.progress_total)
+    return round(100.0 * done / job.progress_total, 1)
+
+
+def estimated_completion(job: JobSummary) -> str | None:
+    """For a running job, its last progress extrapolated at the pace so far; the end time of
+    a finished one; None while queued or before the first progress report."""
+    if job.status.is_terminal:
+        return iso(job.finished_at)
+    done, total = job.progress_done, job.progress_total
+    if job.status is not JobStatus.RUNNING or not done or not total:
+        return None
+    if job.started_at is None or job.progress_at is None:
+        return None
+    if done >= total:
+        return iso(job.progress_at)  # every bar is done; only the result is left to write
+    elapsed = job.progress_at - job.started_at
+    return iso(job.progress_at + elapsed * (total - done) / done)
+
+
+def result_view(
+    result: BacktestResult, *, cached: bool, full: bool, chart: ChartName | None = None
+) -> ResultView:
+    """A result as tools return it: cut to `INLINE_*` sizes unless `full`."""
+    curve = result.equity_curve if full else downsample(result.equity_curve, INLINE_EQUITY_POINTS)
+    trades = result.trade_log if full else result.trade_log[:INLINE_TRADES]
+    logs = (
+        result.logs
+        if full or len(result.logs) <= INLINE_LOG_CHARS
+        else result.logs[-INLINE_LOG_CHARS:]
+    )
+    return ResultView(
+        backtest_id=result.backtest_id,
+        status=result.status,
+        metrics=result.metrics,
+        equity_curve=curve,
+        equity_curve_total=len(result.equity_curve),
+        equity_curve_downsampled=len(curve) < len(result.equity_curve),
+        trade_log=trades,
+        trade_log_total=len(result.trade_log),
+        trade_log_truncated=len(trades) < len(result.trade_log),
+        logs=logs,
+        logs_truncated=len(logs) < len(result.logs),
+        execution_time_seconds=result.execution_time_seconds,
+        data=result.data,
+        provenance=result.provenance,
+        warnings=result.warnings,
+        cached=cached,
+        chart=None
+        if chart is None
+        else chart_series(result, chart, max_points=None if full else INLINE_EQUITY_POINTS),
+    )
+
+
+def load_result(job: Job) -> BacktestResult | None:
+    return None if job.result_json is None else BacktestResult.model_validate_json(job.result_json)
+
+
+def load_error(job: JobSummary) -> RunError | None:
+    return None if job.error_json is None else RunError.model_validate_json(job.error_json)
+
+
+def job_result_view(job: Job, *, full: bool = False) -> ResultView | None:
+    """The job's result as tools show it, from the view made when it was stored unless `full`
+    (reading a whole result is slow for long series)."""
+    if job.result_json is None:
+        return None
+    if full or job.view_json is None:
+        result = BacktestResult.model_validate_json(job.result_json)
+        return result_view(result, cached=job.cached, full=full)
+    view = ResultView.model_validate_json(job.view_json)
+    return view.model_copy(update={"cached": job.cached})
+
+
+def status_view(job: Job, *, full: bool = False) -> StatusResponse:
+    return StatusResponse(
+        backtest_id=job.id,
+        status=job.status,
+        progress_percent=progress_percent(job),
+        estimated_completion=estimated_completion(job),
+        result=job_result_view(job, full=full),
+        error=load_error(job),
+        cached=job.cached,
+        language=job.language,
+        symbol=job.symbol,
+        timeframe=job.timeframe,
+        created_at=iso(job.created_at) or "",
+        started_at=iso(job.started_at),
+        finished_at=iso(job.finished_at),
+    )
+
+
+def summary_view(job: JobSummary) -> BacktestSummary:
+    error = load_error(job)
+    return BacktestSummary(
+        backtest_id=job.id,
+        status=job.status,
+        symbol=job.symbol,
+        timeframe=job.timeframe,
+        language=job.language,
+        cached=job.cached,
+        created_at=iso(job.created_at) or "",
+        started_at=iso(job.started_at),
+        finished_at=iso(job.finished_at),
+        progress_percent=progress_percent(job),
+        error_type=None if error is None else error.type,
+    )

@@ -1,0 +1,306 @@
+"""The only module that runs containers: the hardened container spec, start, wait, kill, reap.
+
+docker-py's and requests' errors are caught here and re-raised as `SandboxError`, so the rest
+of the package never sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.types import LogConfig, Mount, Ulimit
+
+from backtest_sandbox.domain.errors import SandboxError
+from backtest_sandbox.domain.settings import Settings
+
+from .library_volumes import library_mounts
+from .rundir import RunDir
+
+LABEL_PROJECT = "io.backtest-sandbox"  # on every container we start: how orphans are found
+LABEL_RUN = "io.backtest-sandbox.run"  # the backtest id the container serves
+LABEL_OWNER = "io.backtest-sandbox.owner"  # the host process that started it
+
+# Under gVisor the container's cgroup also holds gVisor's own Go threads (the Sentry, the
+# gofer); without headroom for them, gVisor cannot start and exits with code 2. The strategy's
+# processes are still bounded, by gVisor's own accounting and by the sum.
+RUNSC_PIDS_HEADROOM = 128
+
+# Only these variables reach the sandbox; the host's environment (tokens, paths) never does.
+SANDBOX_ENVIRONMENT = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "OPENBLAS_NUM_THREADS": "1",  # BLAS thread pools would eat the pids limit
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+}
+
+
+def _process_start_ticks(pid: int) -> str | None:
+    """When the process started (clock ticks since boot): tells a live pid from a reused one."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 is the start time; the command name (field 2) may hold spaces, so split after it.
+    return stat_line.rpartition(")")[2].split()[19]
+
+
+def process_owner_id(pid: int | None = None) -> str:
+    """`host:pid:start`: names the host process that started a container."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
+
+
+def owner_is_alive(owner: str) -> bool:
+    """Whether the process named by a container's owner label still runs on this host.
+
+    Containers of other hosts (a shared daemon) count as alive: never ours to remove.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        return True
+    if not pid_text.isdigit():
+        return False
+    return _process_start_ticks(int(pid_text)) == start
+
+
+def docker_client(timeout: float = 30.0) -> docker.DockerClient:
+    """A client for the daemon that DOCKER_HOST (or the default socket) names.
+
+    Raises:
+        SandboxError: the daemon cannot be reached.
+    """
+    try:
+        client = docker.from_env(version="auto", timeout=int(timeout))
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise SandboxError(f"Docker daemon unreachable: {e}") from e
+    return client
+
+
+@dataclass(frozen=True)
+class ExitState:
+    """What Docker saw of a container that has stopped."""
+
+    exit_code: int
+    oom_killed: bool
+
+
+class Sandbox:
+    """Starts and controls hardened single-use containers from the runner image."""
+
+    def __init__(self, settings: Settings, client: docker.DockerClient, image: str) -> None:
+        self.settings = settings
+        self.client = client
+        self.image = image
+        self.runtime = self._choose_runtime()
+        self.owner = process_owner_id()
+        self.library_mounts: list[Mount] = []
+        if settings.library_volumes:
+            labels = {LABEL_PROJECT: "1", LABEL_RUN: "library-volumes", LABEL_OWNER: self.owner}
+            self.library_mounts = library_mounts(client, image, settings.cache_dir, labels)
+
+    def _choose_runtime(self) -> str | None:
+        """The OCI runtime to ask for: None for the daemon's default (runc)."""
+        if self.settings.runtime == "runc":
+            return None
+        available = set(self._call(self.client.info).get("Runtimes", {}))
+        if "runsc" in available:
+            return "runsc"
+        if self.settings.runtime == "runsc":
+            raise SandboxError(
+                "BACKTEST_RUNTIME=runsc but the daemon has no runsc runtime; "
+                "see `backtest-sandbox doctor`"
+            )
+        return None
+
+    def container_spec(
+        self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Every hardening default, in one place (docs/security.md "Container defaults").
+
+        `command` replaces the image's (the harness) only for the host's own probes.
+        """
+        s = self.settings
+        security_opt = ["no-new-privileges:true"]  # setuid binaries cannot raise privileges
+        if s.seccomp_profile is not None:  # else Docker's default profile applies
+            security_opt.append(f"seccomp={s.seccomp_profile.read_text()}")
+        spec: dict[str, Any] = {
+            "image": self.image,
+            "user": f"{s.sandbox_uid}:{s.sandbox_uid}",  # never root inside
+            "network_mode": "none",  # no interface but loopback
+            "read_only": True,  # the image cannot be changed
+            # nr_inodes: one inode per 4 KiB page of the cap. tmpfs's default is half the host's
+            # RAM pages, so an inode flood (empty files) would otherwise grow unreclaimable
+            # kernel memory until an OOM kill or the timeout, instead of a plain ENOSPC.
+            "tmpfs": {
+                "/tmp": f"rw,noexec,nosuid,nodev,size={s.tmpfs_mb}m,nr_inodes={s.tmpfs_mb * 256},"
+                "mode=1777"
+            },
+            "shm_size": f"{s.tmpfs_mb}m",  # /dev/shm is a tmpfs too; cap it the same
+            "ipc_mode": "private",
+            "cap_drop": ["ALL"],  # no capability at all, not even CHOWN or NET_RAW
+            "security_opt": security_opt,
+            "pids_limit": s.pids_limit,  # fork and thread bombs stop here
+            "mem_limit": f"{memory_mb}m",
+            "memswap_limit": f"{memory_mb}m",  # equal to memory: no swap to hide in
+            "oom_score_adj": 1000,  # if the host runs short, the sandbox dies first
+            "nano_cpus": int(s.cpus * 1e9),
+            "ulimits": [
+                Ulimit(name="nofile", soft=s.nofile, hard=s.nofile),
+                Ulimit(name="fsize", soft=s.fsize_mb << 20, hard=s.fsize_mb << 20),
+                Ulimit(name="core", soft=0, hard=0),  # no core dumps of hostile memory
+            ],
+            "init": True,  # docker-init as PID 1 forwards signals and reaps zombies
+            "environment": dict(SANDBOX_ENVIRONMENT),
+            "mounts": [
+                Mount("/job", str(run_dir.input_dir), type="bind", read_only=True),
+                Mount("/out", str(run_dir.output_dir), type="bind", read_only=False),
+                *self.library_mounts,  # read-only: the image's own libraries, faster
+            ],
+            "labels": {LABEL_PROJECT: "1", LABEL_RUN: backtest_id, LABEL_OWNER: self.owner},
+            "hostname": "sandbox",
+            # The json-file log is on the host's disk: cap it so an output flood cannot fill it.
+            "log_config": LogConfig(
+                type="json-file", config={"max-size": f"{s.log_cap_bytes * 4}", "max-file": "1"}
+            ),
+            "detach": True,
+        }
+        if command is not None:
+            spec["command"] = command
+        if self.runtime is not None:
+            spec["runtime"] = self.runtime
+        if self.runtime == "runsc":
+            spec["pids_limit"] = s.pids_limit + RUNSC_PIDS_HEADROOM
+        return spec
+
+    def start(
+        self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None
+    ) -> Container:
+        """Create and start one container. The caller must `remove` it, whatever happens.
+
+        Raises:
+            SandboxError: the image is missing or the daemon refused the container.
+        """
+        spec = self.container_spec(run_dir, memory_mb, backtest_id, command)
+        container: Container = self._call(self.client.containers.create, **spec)
+        try:
+            self._call(container.start)
+        except SandboxError:
+            self.remove(container)
+            raise
+        return container
+
+    def is_running(self, container: Container) -> bool:
+        self._call(container.reload)
+        return bool(container.attrs["State"]["Running"])
+
+    @property
+    def can_update_memory(self) -> bool:
+        """runc can change a running container's limits; gVisor's runsc has no `update`."""
+        return self.runtime != "runsc"
+
+    def set_memory(self, container: Container, memory_mb: int) -> None:
+        """Change a running container's memory limit (memory + swap stay equal: no swap)."""
+        self._call(container.update, mem_limit=f"{memory_mb}m", memswap_limit=f"{memory_mb}m")
+
+    def wait(self, container: Container, timeout: float) -> int | None:
+        """The exit code once the container stops, or None if it still runs after `timeout`."""
+        try:
+            response = container.wait(timeout=max(timeout, 0.01))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            return None
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"waiting for container {container.short_id}: {e}") from e
+        return int(response["StatusCode"])
+
+    def kill(self, container: Container, signal: str = "SIGKILL") -> None:
+        """Send a signal; a container that already stopped is not an error."""
+        try:
+            container.kill(signal=signal)
+        except docker.errors.APIError as e:
+            if e.status_code not in (404, 409):  # gone, or not running any more
+                raise SandboxError(f"killing container {container.short_id}: {e}") from e
+
+    def exit_state(self, container: Container) -> ExitState:
+        """The exit code and the OOM flag, read from Docker's own record of the container."""
+        self._call(container.reload)
+        state = container.attrs["State"]
+        return ExitState(exit_code=int(state["ExitCode"]), oom_killed=bool(state["OOMKilled"]))
+
+    def logs(self, container: Container) -> bytes:
+        """stdout and stderr, interleaved; bounded by the json-file log cap."""
+        data: bytes = self._call(container.logs, stdout=True, stderr=True)
+        return data
+
+    def remove(self, container: Container | str) -> None:
+        """Force-remove a container (killing it if needed), by object or id; gone is fine."""
+        container_id = container if isinstance(container, str) else container.id
+        try:
+            self.client.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409 or "already in progress" not in str(e):
+                raise SandboxError(f"removing container {container_id[:12]}: {e}") from e
+
+    def labelled_containers(self) -> list[dict[str, Any]]:
+        """Every container of this project on the daemon, running or not, as listed.
+
+        The low-level list carries the labels: no per-container inspect, so a container that
+        another process removes meanwhile cannot fail the listing.
+        """
+        found: list[dict[str, Any]] = self._call(
+            self.client.api.containers, all=True, filters={"label": LABEL_PROJECT}
+        )
+        return found
+
+    def remove_orphans(self) -> int:
+        """Remove this project's containers whose owning process has died; returns how many.
+
+        Containers of live processes (another server, a CLI run beside us) are left alone.
+        """
+        removed = 0
+        for listed in self.labelled_containers():
+            if not owner_is_alive((listed.get("Labels") or {}).get(LABEL_OWNER, "")):
+                self.remove(str(listed["Id"]))
+                removed += 1
+        return removed
+
+    @contextmanager
+    def running(
+        self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None
+    ) -> Iterator[Container]:
+        """A started container that is removed when the block ends, however it ends."""
+        container = self.start(run_dir, memory_mb, backtest_id, command)
+        try:
+            yield container
+        finally:
+            self.remove(container)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.ImageNotFound as e:
+            raise SandboxError(
+                f"runner image missing ({e.explanation}); run `backtest-sandbox build-image`"
+            ) from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise SandboxError(f"Docker: {e}") from e
+

@@ -1,0 +1,113 @@
+"""A run's private directory on the host: the one channel between the supervisor and a sandbox.
+
+    <run dir>/in/   (root, 0755; mounted read-only at /job)  data.csv, then spec.json
+    <run dir>/out/  (root, 0755; mounted read-write at /out) result.json, progress
+
+`out/` itself is not writable by the sandbox uid, so the sandbox can write the two files the
+host created for it and nothing else: it cannot plant a symlink, a FIFO or a directory, nor
+fill the host's disk with files. Reading back is still defensive: no symlink is followed, only
+a regular file is read, and never more than the cap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from backtest_sandbox.domain.settings import Settings
+
+RESULT_NAME = "result.json"
+PROGRESS_NAME = "progress"
+PROGRESS_CAP_BYTES = 64
+
+
+class OversizeError(ValueError):
+    """A file the sandbox wrote is larger than the host agreed to read."""
+
+
+class RunDir:
+    """Creates, fills, reads back and removes one run's directory."""
+
+    def __init__(self, root: Path, sandbox_uid: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        self.input_dir = self.path / "in"
+        self.output_dir = self.path / "out"
+        self.sandbox_uid = sandbox_uid
+        self.input_dir.mkdir(mode=0o755)
+        self.output_dir.mkdir(mode=0o755)
+        for name in (RESULT_NAME, PROGRESS_NAME):
+            self._create_sandbox_writable(self.output_dir / name)
+
+    def _create_sandbox_writable(self, path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, self.sandbox_uid, self.sandbox_uid)
+            else:  # an unprivileged host cannot chown: let any uid write this one file
+                os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
+
+    def write_input(self, name: str, data: bytes) -> None:
+        """Write a file the sandbox reads, atomically (readers never see half of it)."""
+        tmp = self.input_dir / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.chmod(0o644)
+        tmp.replace(self.input_dir / name)
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        """Hand the job to the sandbox. The spec goes last: the harness starts when it appears."""
+        self.write_input("spec.json", json.dumps(spec, allow_nan=False).encode())
+
+    def read_result(self, cap: int) -> bytes:
+        """The raw result bytes, at most `cap`.
+
+        Raises:
+            OversizeError: the file is larger than `cap`.
+            OSError: it is not a regular file (a symlink, FIFO or directory put in its place).
+        """
+        return _read_regular_file(self.output_dir / RESULT_NAME, cap)
+
+    def read_progress(self) -> tuple[int, int] | None:
+        """(bars done, bars total) as last reported, or None if nothing valid is there yet."""
+        try:
+            raw = _read_regular_file(self.output_dir / PROGRESS_NAME, PROGRESS_CAP_BYTES)
+            done, total = (int(part) for part in raw.split())
+        except (OSError, ValueError):
+            return None
+        if total <= 0 or not 0 <= done <= total:
+            return None
+        return done, total
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def new_run_dir(settings: Settings) -> RunDir:
+    """A fresh run directory under the state dir, writable by the settings' sandbox uid."""
+    return RunDir(settings.state_dir / "runs", settings.sandbox_uid)
+
+
+def _read_regular_file(path: Path, cap: int) -> bytes:
+    # O_NOFOLLOW: a symlink is refused, never followed. O_NONBLOCK: a FIFO cannot hang us.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if info.st_size > cap:
+            raise OversizeError(f"{path.name} is {info.st_size} bytes, over the cap of {cap}")
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(cap + 1)
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise OversizeError(f"{path.name} is over the cap of {cap} bytes")
+    return data

@@ -1,0 +1,155 @@
+"""The sandbox's one entry point: one `SandboxJob` in, one `Verdict` out.
+
+It owns the Docker connection, the hardened `Sandbox` and the warm pool, and the life of one
+run's container: taken (warm) or started (cold), handed its inputs, watched, read back, and
+removed whatever raises on the way. It knows nothing of configs, data catalogs or jobs: the
+layers above hand it bytes and limits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import docker
+
+from backtest_sandbox.domain.errors import SandboxError
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.image import build as image
+
+from .containers import Sandbox, docker_client
+from .logs import cap_logs
+from .pool import WarmPool
+from .rundir import new_run_dir
+from .supervisor import Verdict, decide, watch
+
+ProgressCallback = Callable[[int, int], None]  # (bars done, bars total)
+DEFAULT_MEMORY_MB = 512  # what warm containers start with (the config's default)
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    """One run as the sandbox sees it: files for /job, the job spec, and its limits."""
+
+    backtest_id: str
+    spec: Mapping[str, Any]  # the job spec of runner_image/PROTOCOL.md; written last
+    inputs: Mapping[str, bytes] = field(default_factory=dict)  # e.g. data.csv, written first
+    memory_mb: int = DEFAULT_MEMORY_MB
+    timeout_seconds: float = 120.0
+    expected_bars: int = 0
+
+
+class SandboxRunner:
+    """Runs `SandboxJob`s in single-use containers. One per process; thread-safe."""
+
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
+        self.settings = settings
+        self._client = client
+        self._sandbox: Sandbox | None = None
+        self._pool: WarmPool | None = None
+        self._lock = threading.Lock()
+
+    def sandbox(self) -> Sandbox:
+        """The sandbox, connected on first use (so a run refused early needs no daemon).
+
+        Raises:
+            SandboxError: no daemon, or no runner image.
+        """
+        with self._lock:
+            if self._sandbox is None:
+                client = self._client = self._client or docker_client()  # close() releases it
+                tag = image.expected_tag(self.settings)
+                if not image.image_present(client, self.settings):
+                    raise SandboxError(
+                        f"runner image {tag} is missing; run `backtest-sandbox build-image`"
+                    )
+                self._sandbox = Sandbox(self.settings, client, tag)
+                if self.settings.effective_pool_size > 0:
+                    self._pool = WarmPool(
+                        self._sandbox,
+                        self.settings,
+                        self.settings.effective_pool_size,
+                        memory_mb=DEFAULT_MEMORY_MB,
+                    )
+            return self._sandbox
+
+    @property
+    def pool(self) -> WarmPool | None:
+        return self._pool
+
+    def run(
+        self,
+        job: SandboxJob,
+        *,
+        cancel: threading.Event | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Verdict:
+        """Run one job to its verdict. Blocks.
+
+        The container, warm or cold, is removed and the run directory deleted however the run
+        ends, an exception included.
+
+        Raises:
+            SandboxError: Docker failed (the run's container is gone all the same).
+        """
+        sandbox = self.sandbox()
+        warm = self._pool.acquire(job.memory_mb) if self._pool is not None else None
+        with ExitStack() as cleanup:
+            run_dir = warm.run_dir if warm else new_run_dir(self.settings)
+            cleanup.callback(run_dir.remove)
+            if warm is not None:
+                cleanup.callback(sandbox.remove, warm.container)
+            # The inputs first and the spec last: a warm harness starts the moment it lands.
+            for name, data in job.inputs.items():
+                run_dir.write_input(name, data)
+            run_dir.write_spec(dict(job.spec))
+            if warm is not None:
+                container = warm.container
+            else:
+                container = sandbox.start(run_dir, job.memory_mb, job.backtest_id)
+                cleanup.callback(sandbox.remove, container)
+            observation = watch(
+                sandbox,
+                container,
+                run_dir,
+                timeout_seconds=job.timeout_seconds,
+                result_cap_bytes=self.settings.result_cap_bytes,
+                kill_grace_seconds=self.settings.kill_grace_seconds,
+                cancel=cancel,
+                on_progress=on_progress,
+            )
+            logs, logs_cut = cap_logs(sandbox.logs(container), self.settings.log_cap_bytes)
+        verdict = decide(
+            observation, timeout_seconds=job.timeout_seconds, expected_bars=job.expected_bars
+        )
+        return replace(
+            verdict,
+            logs=logs,
+            logs_cut=logs_cut,
+            image=sandbox.image,
+            runtime=sandbox.runtime or "runc",
+            container_id=container.id,
+            warm=warm is not None,
+        )
+
+    def remove_orphans(self) -> int:
+        """Remove this project's containers whose owner process has died.
+
+        Raises:
+            SandboxError: the daemon cannot be reached.
+        """
+        return self.sandbox().remove_orphans()
+
+    def close(self) -> None:
+        """Remove the warm pool's containers and release the Docker client."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            if self._client is not None:
+                self._client.close()
+            self._client = None
+            self._sandbox = None
