@@ -33,6 +33,7 @@ demo: image $(DEMO_DATA)/ORCL/D1.csv
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: image lint
 	$(BIN)/pytest

@@ -39,6 +39,7 @@ from security.corpus_runner import (
     survivors,
 )
 
+POOL_WAIT_SECONDS = 60.0  # a refill takes about a second; far more means the pool is broken
 MODES = [(runtime, pool) for runtime in ("runc", "runsc") for pool in ("pool", "cold")]
 _RESULTS: dict[str, CorpusResult] = {}  # for the terminal summary
 
@@ -74,9 +75,11 @@ def corpus_settings(runtime: str, pool: str, data_dir: Path, state_dir: Path) ->
         overrides["seccomp_profile"] = None
     elif choice != "settings":
         overrides["seccomp_profile"] = Path(choice)
-    # The pool: off, or one warm container more than the cases running at once, so that most
-    # runs really get a warm one (a run that finds the pool empty goes cold, as in production).
+    # The pool: off, or one warm container more than the cases running at once. A run that
+    # finds the pool empty waits for the refill (up to POOL_WAIT_SECONDS) instead of going cold,
+    # so that every run of the pool mode really is a warm one, and the tests can say so.
     overrides["pool_size"] = 0 if pool == "cold" else max(Settings().pool_size or 0, parallel() + 1)
+    overrides["pool_wait_seconds"] = POOL_WAIT_SECONDS
     return Settings(**overrides)
 
 
@@ -139,6 +142,7 @@ def corpus_result(
     """Runs the (selected) corpus once for this mode, two cases at a time."""
     from backtest_sandbox.jobs.engine import Engine
     from backtest_sandbox.sandbox.containers import docker_client
+    from backtest_sandbox.sandbox.runner import SandboxRunner
 
     runtime, pool = mode
     label = f"{runtime}-{pool}"
@@ -151,7 +155,7 @@ def corpus_result(
     if any(case.pair and case.stem in wanted for case in cases):  # a pair runs whole
         wanted |= {case.stem for case in cases if case.pair}
     client = docker_client()
-    engine = Engine(settings, client)
+    engine = Engine(settings, SandboxRunner(settings, client))
     runner = CorpusRunner(engine, client, runtime, canaries, parallel=parallel())
     started = time.monotonic()
     try:

@@ -10,7 +10,7 @@
 # 2. Merges {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": [...]}}} into
 #    /etc/docker/daemon.json, keeping every other key as it is. `--network=none` makes gVisor
 #    build no network stack of its own: the sandbox has no network even inside the sentry.
-#    `--oci-seccomp` makes gVisor apply the container's seccomp profile (server/backtest_sandbox/seccomp.json)
+#    `--oci-seccomp` makes gVisor apply the container's seccomp profile (server/backtest_sandbox/sandbox/seccomp.json)
 #    to the guest's system calls too; without it runsc ignores the profile, and inside the
 #    sentry unshare(CLONE_NEWUSER), io_uring_setup and AF_PACKET sockets succeed (emulated, so
 #    not a host escape, but attack surface and a different answer than under runc).
@@ -28,7 +28,7 @@
 # The ptrace platform runs one host stub process per guest address space plus the Sentry's own
 # threads, all inside the container's pids cgroup: ~57 host tasks for an idle Python. With the
 # sandbox's pids limit alone (64) the Sentry panics ("error initializing first thread: resource
-# temporarily unavailable") and every run ends with exit code 2; sandbox.py therefore adds
+# temporarily unavailable") and every run ends with exit code 2; sandbox/containers.py therefore adds
 # RUNSC_PIDS_HEADROOM under runsc.
 set -euo pipefail
 

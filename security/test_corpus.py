@@ -21,11 +21,14 @@ from backtest_sandbox.sandbox.containers import (
     LABEL_RUN,
     process_owner_id,
 )
-from security.conftest import CorpusResult
+from backtest_sandbox.sandbox.runner import DEFAULT_MEMORY_MB
+from security.conftest import CorpusResult, corpus_settings
 from security.corpus_runner import (
     CANARY_PREFIX,
     SANDBOX_UID,
+    Canaries,
     CaseRun,
+    CorpusRunner,
     lingering_containers,
     load_corpus,
     survivors,
@@ -88,6 +91,9 @@ def test_case(case, corpus_result: CorpusResult, host_canary_secret: str) -> Non
         assert run.outcome.result is not None, context
         assert run.outcome.result.metrics["final_value"] == forged, context
 
+    # The mode under test really ran: in pool mode, a warm container served the run.
+    check_warm(run, corpus_result.mode)
+
     # The host after the run.
     assert run.containers_left == [], f"containers survive the run{context}"
     assert run.survivors == [], f"host processes survive the run: {run.survivors}{context}"
@@ -96,6 +102,49 @@ def test_case(case, corpus_result: CorpusResult, host_canary_secret: str) -> Non
     assert len(logs) <= 64 * 1024 + LOG_CAP_SLACK, f"logs not bounded: {len(logs)} chars"
     assert "\x00" not in logs
     assert host_canary_secret not in logs and f"{CANARY_PREFIX}file" not in logs, context
+
+
+def check_warm(run: CaseRun, mode: str) -> None:
+    """Pool mode: the run was served by a warm container, unless it could not be by design
+    (gVisor cannot change a running container's memory, so a case asking for other memory
+    than the pool's runs cold there). Cold mode: never a warm one."""
+    pooled = mode.endswith("-pool")
+    memory = run.case.config_overrides().get("memory_mb", DEFAULT_MEMORY_MB)
+    wanted = pooled and (memory == DEFAULT_MEMORY_MB or run.runtime != "runsc")
+    assert run.outcome.warm is wanted, (
+        f"{run.case.stem} under {mode}: provenance.warm is {run.outcome.warm}, not {wanted}"
+        " (a warm start that failed fell back to a cold one)"
+    )
+
+
+def test_a_broken_pool_fails_the_pool_mode(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool mode's check is live: with every warm start failing, its runs go cold, and
+    `check_warm` says so."""
+    from backtest_sandbox.jobs.engine import Engine
+    from backtest_sandbox.sandbox.containers import docker_client
+    from backtest_sandbox.sandbox.pool import WarmPool
+    from backtest_sandbox.sandbox.runner import SandboxRunner
+
+    monkeypatch.setattr(WarmPool, "_start_one", lambda self: False)  # as a failed start does
+    settings = corpus_settings("runc", "pool", data_dir, tmp_path / "state")
+    settings = settings.model_copy(update={"pool_wait_seconds": 1.0})
+    client = docker_client()
+    engine = Engine(settings, SandboxRunner(settings, client))
+    canaries = Canaries.plant(data_dir, tmp_path / "state", tmp_path / "scratch")
+    runner = CorpusRunner(engine, client, "runc", canaries, parallel=1)
+    try:
+        (case,) = [c for c in CASES if c.stem == "exit_124"]
+        run = runner.run_case(case)
+    finally:
+        runner.close()
+        engine.close()
+        client.close()
+    assert run.verdict == "crashed"  # the case itself ran, cold
+    with pytest.raises(AssertionError, match="provenance.warm is False, not True"):
+        check_warm(run, "runc-pool")
+    check_warm(run, "runc-cold")
 
 
 def test_the_host_checks_see_a_leak() -> None:

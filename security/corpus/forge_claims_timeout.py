@@ -2,7 +2,7 @@
 #   run is blamed on the platform instead of the strategy
 # expect: result_invalid
 # checks: only the protocol's two outcomes are accepted; a claimed verdict is a broken result
-# control: the host's result schema (report.py: outcome is completed or runtime_error only)
+# control: the host's result schema (sandbox/claim.py: outcome is completed or runtime_error only)
 # proof: ATTEMPTED claim my own verdict
 import json
 import os

@@ -4,7 +4,7 @@
 # checks: ptrace is refused (EPERM). Docker 20.10's default profile allows ptrace on kernels
 #   >= 4.8, and there the attach succeeds and stops PID 1; the strategy detaches at once and
 #   raises, so the verdict flips to runtime_error
-# control: the seccomp profile (server/backtest_sandbox/seccomp.json removes ptrace)
+# control: the seccomp profile (server/backtest_sandbox/sandbox/seccomp.json removes ptrace)
 # proof: ATTEMPTED ptrace\(PTRACE_ATTACH, 1\): failed with EPERM
 # proof: ATTEMPTED ptrace\(PTRACE_SEIZE, 1\): failed with EPERM
 import ctypes

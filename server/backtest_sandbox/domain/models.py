@@ -86,3 +86,6 @@ class RunOutcome(BaseModel):
     # The key this outcome may be cached under, from the data the run really read; None: the
     # run got no further than checks that need no key, or its data could not be named.
     cache_key: str | None = None
+    # Whether the run's container came from the warm pool; None when no container ran. A
+    # completed result says the same in `provenance.warm`.
+    warm: bool | None = None

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # "token1:tenant_a,token2:tenant_b". Secret: a repr or a log of the settings shows stars.
     api_tokens: SecretStr = SecretStr("")
     pool_max_age_seconds: float = Field(300.0, gt=0)  # idle warm containers are recycled
+    # How long a run waits for a warm container when the pool is empty before it starts a
+    # cold one: 0 never waits (a cold start costs about a second; waiting may cost more).
+    pool_wait_seconds: float = Field(0.0, ge=0)
 
     # Tenants (README "Multi-tenant HTTP").
     tenant_max_running: int | None = Field(None, ge=1)  # None: max_workers (no per-tenant cap)

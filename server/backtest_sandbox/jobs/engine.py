@@ -103,8 +103,10 @@ class Engine:
         on_progress: ProgressCallback | None,
     ) -> RunOutcome:
         refused = unsupported_language(request.language) or check_syntax(request.code)
-        if refused is not None:
-            return RunOutcome(status=JobStatus.FAILED, error=refused)
+        if refused is not None:  # decided without data: the key of the data now serves
+            return RunOutcome(
+                status=JobStatus.FAILED, error=refused, cache_key=self.cache_key(request)
+            )
         config = request.config
         tag = image.expected_tag(self.settings)
         try:
@@ -128,7 +130,9 @@ class Engine:
             on_progress=on_progress,
         )
         if verdict.claim is None:
-            return RunOutcome(status=verdict.status, error=verdict.error, logs=verdict.logs)
+            return RunOutcome(
+                status=verdict.status, error=verdict.error, logs=verdict.logs, warm=verdict.warm
+            )
         warnings = list(data.warnings)
         if verdict.logs_cut:
             warnings.append(f"logs were cut to {self.settings.log_cap_bytes} bytes")
@@ -138,6 +142,7 @@ class Engine:
             result=result,
             logs=verdict.logs,
             cache_key=cache_key(request, data.identity, tag),
+            warm=verdict.warm,
         )
 
     def remove_orphans(self) -> int:

@@ -1,13 +1,16 @@
-"""The only module that runs containers: the hardened container spec, start, wait, kill, reap.
+"""Strategy containers: the hardened container spec, start, wait, kill, reap.
 
 docker-py's and requests' errors are caught here and re-raised as `SandboxError`, so the rest
-of the package never sees them.
+of the package never sees them. A transient Docker API failure (a reset connection, a 5xx) is
+retried a few times with a short backoff before it becomes one.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +27,18 @@ from backtest_sandbox.domain.errors import SandboxError
 from backtest_sandbox.domain.settings import Settings
 
 from .library_volumes import library_mounts
-from .rundir import RunDir
+from .rundir import RunDir, new_run_dir
 
 LABEL_PROJECT = "io.backtest-sandbox"  # on every container we start: how orphans are found
 LABEL_RUN = "io.backtest-sandbox.run"  # the backtest id the container serves
 LABEL_OWNER = "io.backtest-sandbox.owner"  # the host process that started it
+LABEL_ATTEMPT = "io.backtest-sandbox.attempt"  # one create call: finds what a lost reply made
+
+# Transient Docker API failures: retried after 0.1, 0.2, 0.4 s (about 0.7 s at most), then
+# reported. Errors that say something about the request (4xx) are never retried.
+RETRY_DELAYS_SECONDS = (0.1, 0.2, 0.4)
+OWN_MEMORY_MB = 512  # the host's own probes: importing pandas and backtrader fits
+OWN_TIMEOUT_SECONDS = 120.0
 
 # Under gVisor the container's cgroup also holds gVisor's own Go threads (the Sentry, the
 # gofer); without headroom for them, gVisor cannot start and exits with code 2. The strategy's
@@ -112,8 +122,7 @@ class Sandbox:
         self.owner = process_owner_id()
         self.library_mounts: list[Mount] = []
         if settings.library_volumes:
-            labels = {LABEL_PROJECT: "1", LABEL_RUN: "library-volumes", LABEL_OWNER: self.owner}
-            self.library_mounts = library_mounts(client, image, settings.cache_dir, labels)
+            self.library_mounts = library_mounts(client, image, settings.cache_dir, self.run_own)
 
     def _choose_runtime(self) -> str | None:
         """The OCI runtime to ask for: None for the daemon's default (runc)."""
@@ -198,13 +207,65 @@ class Sandbox:
             SandboxError: the image is missing or the daemon refused the container.
         """
         spec = self.container_spec(run_dir, memory_mb, backtest_id, command)
-        container: Container = self._call(self.client.containers.create, **spec)
+        container = self._create(spec)
         try:
             self._call(container.start)
         except SandboxError:
             self.remove(container)
             raise
         return container
+
+    def _create(self, spec: dict[str, Any]) -> Container:
+        """`containers.create`, retried on transient failures without leaving a container.
+
+        A create whose reply was lost may still have made its container: each attempt carries
+        its own label, and what an attempt made is removed before the next one.
+        """
+        for delay in (*RETRY_DELAYS_SECONDS, None):
+            attempt = uuid.uuid4().hex
+            labels = {**spec["labels"], LABEL_ATTEMPT: attempt}
+            try:
+                created: Container = self.client.containers.create(**{**spec, "labels": labels})
+                return created
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+                if not _is_transient(e):
+                    raise _sandbox_error(e) from e
+                self._remove_attempt(attempt)
+                if delay is None:
+                    raise _sandbox_error(e) from e
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _remove_attempt(self, attempt: str) -> None:
+        listed = self._call(
+            self.client.api.containers, all=True, filters={"label": f"{LABEL_ATTEMPT}={attempt}"}
+        )
+        for container in listed:
+            self.remove(str(container["Id"]))
+
+    def run_own(self, command: list[str], mounts: list[Mount]) -> str:
+        """Our own code (never a strategy's) to completion in a container of the hardened
+        spec, with `mounts` in place of the library volumes; its output.
+
+        Raises:
+            SandboxError: Docker failed, the command failed, or it ran past a minute.
+        """
+        run_dir = new_run_dir(self.settings)
+        try:
+            spec = self.container_spec(run_dir, OWN_MEMORY_MB, "host-probe", command)
+            spec["mounts"] = [*spec["mounts"][:2], *mounts]  # /job and /out, then these
+            container = self._create(spec)
+            try:
+                self._call(container.start)
+                code = self.wait(container, OWN_TIMEOUT_SECONDS)
+                output = self.logs(container).decode(errors="replace")
+            finally:
+                self.remove(container)
+        finally:
+            run_dir.remove()
+        if code != 0:
+            raise SandboxError(f"{command[-1][:60]!r} exited with {code}: {output[-500:]}")
+        return output
 
     def is_running(self, container: Container) -> bool:
         self._call(container.reload)
@@ -232,8 +293,10 @@ class Sandbox:
     def kill(self, container: Container, signal: str = "SIGKILL") -> None:
         """Send a signal; a container that already stopped is not an error."""
         try:
-            container.kill(signal=signal)
-        except docker.errors.APIError as e:
+            _retrying(container.kill, signal=signal)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            if not isinstance(e, docker.errors.APIError):
+                raise SandboxError(f"killing container {container.short_id}: {e}") from e
             if e.status_code not in (404, 409):  # gone, or not running any more
                 raise SandboxError(f"killing container {container.short_id}: {e}") from e
 
@@ -252,12 +315,14 @@ class Sandbox:
         """Force-remove a container (killing it if needed), by object or id; gone is fine."""
         container_id = container if isinstance(container, str) else container.id
         try:
-            self.client.api.remove_container(container_id, force=True)
+            _retrying(self.client.api.remove_container, container_id, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
             if e.status_code != 409 or "already in progress" not in str(e):
                 raise SandboxError(f"removing container {container_id[:12]}: {e}") from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise SandboxError(f"removing container {container_id[:12]}: {e}") from e
 
     def labelled_containers(self) -> list[dict[str, Any]]:
         """Every container of this project on the daemon, running or not, as listed.
@@ -295,12 +360,41 @@ class Sandbox:
 
     @staticmethod
     def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call docker-py (`_retrying`); its errors become `SandboxError`."""
+        try:
+            return _retrying(fn, *args, **kwargs)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise _sandbox_error(e) from e
+
+
+def _retrying(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call docker-py, again after a transient failure; the last error is raised as it came.
+
+    Only for calls that may be repeated safely (create has `Sandbox._create`).
+    """
+    for delay in RETRY_DELAYS_SECONDS:
         try:
             return fn(*args, **kwargs)
-        except docker.errors.ImageNotFound as e:
-            raise SandboxError(
-                f"runner image missing ({e.explanation}); run `backtest-sandbox build-image`"
-            ) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise SandboxError(f"Docker: {e}") from e
+            if not _is_transient(e):
+                raise
+        time.sleep(delay)
+    return fn(*args, **kwargs)
 
+
+def _is_transient(error: Exception) -> bool:
+    """A failure worth one more try: the connection broke, or the daemon answered 5xx."""
+    broken = requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError
+    if isinstance(error, broken):
+        return True
+    if isinstance(error, docker.errors.APIError):
+        return error.status_code is not None and error.status_code >= 500
+    return False
+
+
+def _sandbox_error(error: Exception) -> SandboxError:
+    if isinstance(error, docker.errors.ImageNotFound):
+        return SandboxError(
+            f"runner image missing ({error.explanation}); run `backtest-sandbox build-image`"
+        )
+    return SandboxError(f"Docker: {error}")

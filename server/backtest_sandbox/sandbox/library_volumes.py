@@ -10,6 +10,9 @@ own `sysconfig` names them) gets one volume, named after the image id and seeded
 from the image itself (Docker copies an image's content into an empty named volume on first
 mount). Every sandbox mounts them read-only over the same paths, so it sees exactly the
 image's files: nothing writable is shared between runs, and isolation is unchanged.
+
+The probe and the seeding run our own code (never a strategy's), and still in containers of
+the same hardened spec as a strategy's (`Sandbox.run_own`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,13 +39,14 @@ PROBE = (
 SEED_CHECK = "import backtrader, numpy, pandas"  # the seeded volumes must serve these
 
 
+# Runs our own Python code with these extra mounts in a hardened container; its stdout.
+RunOwn = Callable[[list[str], list[Mount]], str]
+
+
 def library_mounts(
-    client: docker.DockerClient, image: str, lock_dir: Path, labels: dict[str, str]
+    client: docker.DockerClient, image: str, lock_dir: Path, run_own: RunOwn
 ) -> list[Mount]:
     """Read-only mounts of the image's library volumes, seeding them on first use.
-
-    `labels` go on the short-lived probe and seeding containers, so that orphan clean-up
-    finds them if this process dies meanwhile.
 
     Raises:
         SandboxError: the volumes could not be seeded (the image or the daemon failed).
@@ -50,21 +54,19 @@ def library_mounts(
     try:
         with _host_lock(lock_dir / "library-volumes.lock"):
             image_id = str(client.images.get(image).id)
-            mounts = _ensure_volumes(client, image, image_id, labels)
+            mounts = _ensure_volumes(client, image_id, run_own)
             _remove_stale(client, image_id)
             return mounts
     except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
         raise SandboxError(f"preparing the library volumes of {image}: {e}") from e
 
 
-def _ensure_volumes(
-    client: docker.DockerClient, image: str, image_id: str, labels: dict[str, str]
-) -> list[Mount]:
+def _ensure_volumes(client: docker.DockerClient, image_id: str, run_own: RunOwn) -> list[Mount]:
     digest = image_id.split(":")[-1][:16]
     volumes = client.volumes.list(filters={"label": f"{LABEL_LIBRARY}={image_id}"})
     if volumes:
         return [Mount(v.attrs["Labels"]["path"], v.name, read_only=True) for v in volumes]
-    directories = _outermost(json.loads(_run(client, image, PROBE, [], labels)))
+    directories = _outermost(json.loads(run_own(["python3", "-I", "-c", PROBE], [])))
     mounts = [
         Mount(path, f"backtest-sandbox-lib-{digest}-{index}", read_only=False)
         for index, path in enumerate(directories)
@@ -74,31 +76,12 @@ def _ensure_volumes(
             mount["Source"], labels={LABEL_LIBRARY: image_id, "path": mount["Target"]}
         )
     try:
-        _run(client, image, SEED_CHECK, mounts, labels)  # the first mount copies the image in
+        run_own(["python3", "-I", "-c", SEED_CHECK], mounts)  # the first mount copies the image
     except (docker.errors.DockerException, SandboxError):
         for mount in mounts:  # never leave a half-seeded volume for the next process
             client.volumes.get(mount["Source"]).remove(force=True)
         raise
     return [Mount(m["Target"], m["Source"], read_only=True) for m in mounts]
-
-
-def _run(
-    client: docker.DockerClient,
-    image: str,
-    code: str,
-    mounts: list[Mount],
-    labels: dict[str, str],
-) -> str:
-    """Our own code (never a strategy's) in a throwaway container of the image."""
-    output: bytes = client.containers.run(
-        image,
-        ["python3", "-I", "-c", code],
-        mounts=mounts,
-        network_mode="none",
-        labels=labels,
-        remove=True,
-    )
-    return output.decode()
 
 
 def _outermost(paths: list[str]) -> list[str]:

@@ -54,11 +54,15 @@ class WarmPool:
         self._thread = threading.Thread(target=self._refill_forever, name="warm-pool", daemon=True)
         self._thread.start()
 
-    def acquire(self, memory_mb: int) -> WarmContainer | None:
-        """A running warm container with `memory_mb`, or None (the caller goes cold)."""
+    def acquire(self, memory_mb: int, wait_seconds: float = 0.0) -> WarmContainer | None:
+        """A running warm container with `memory_mb`, or None (the caller goes cold).
+
+        With the pool empty, waits up to `wait_seconds` for the refill to start one.
+        """
         if memory_mb != self.memory_mb and not self.sandbox.can_update_memory:
             return None  # leave the warm one for a run that fits it
         with self._wake:
+            self._wake.wait_for(lambda: self._closed or bool(self._idle), timeout=wait_seconds)
             if self._closed or not self._idle:
                 return None
             warm = self._idle.popleft()
@@ -123,6 +127,7 @@ class WarmPool:
         with self._wake:
             if not self._closed:
                 self._idle.append(warm)
+                self._wake.notify_all()  # a run waiting in `acquire` takes it
                 return True
         self._discard(warm)  # closed while it started
         return True

@@ -96,7 +96,9 @@ class SandboxRunner:
             SandboxError: Docker failed (the run's container is gone all the same).
         """
         sandbox = self.sandbox()
-        warm = self._pool.acquire(job.memory_mb) if self._pool is not None else None
+        warm = None
+        if self._pool is not None:
+            warm = self._pool.acquire(job.memory_mb, self.settings.pool_wait_seconds)
         with ExitStack() as cleanup:
             run_dir = warm.run_dir if warm else new_run_dir(self.settings)
             cleanup.callback(run_dir.remove)
