@@ -11,6 +11,7 @@ keep-alive bookkeeping; docker-py simply opens the next connection.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import socket
@@ -56,10 +57,9 @@ class DockerFaultProxy:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                try:
+                # The client may give up first (a wait's own timeout): nothing to answer then.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     proxy._serve_one(self.rfile, self.connection)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up first (a wait's own timeout): nothing to answer
 
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
