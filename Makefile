@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine; each skips what is already there.
 #   make demo   a sandboxed backtest of the example strategy, printing its metrics
 #   make test   lint, type check, and every test against the real daemon and image
+# and for the edit-test loop:
+#   make test-fast   the tests that need no Docker, on both cores (well under 30 s)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ DEMO_DATA := .state/data
 export BACKTEST_DATA_DIR ?= $(abspath $(DEMO_DATA))
 export BACKTEST_STATE_DIR ?= $(abspath .state/jobs)
 
-.PHONY: demo test image lint install
+.PHONY: demo test test-fast image lint install
 
 install: $(STAMP)
 
@@ -35,5 +37,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: image lint
-	$(BIN)/pytest
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not docker" -n 2
+
+# The fast tier in parallel, then the Docker tests one process (they share the daemon's cores).
+test: image lint test-fast
+	$(BIN)/pytest -m docker

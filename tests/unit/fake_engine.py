@@ -120,6 +120,7 @@ class FakeEngine:
         finally:
             with self.lock:
                 self.running -= 1
+                self.started.notify_all()
 
     def _outcome(
         self,
@@ -146,6 +147,11 @@ class FakeEngine:
         return RunOutcome(
             status=JobStatus.COMPLETED, result=make_result(request.backtest_id, bars, trades)
         )
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until no run is in progress."""
+        with self.lock:
+            assert self.started.wait_for(lambda: self.running == 0, timeout), "runs still going"
 
     def wait_started(self, count: int, timeout: float = 5.0) -> None:
         """Block until `count` runs have started in all."""

@@ -55,16 +55,16 @@ def service(make_service: Callable[..., BacktestService]) -> BacktestService:
     return make_service()
 
 
+WAIT = 10.0  # seconds: an upper bound on an event wait, never a pause
+
+
 def wait_for(
     service: BacktestService, backtest_id: str, *statuses: JobStatus, tenant: str = "local"
 ) -> views.StatusResponse:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        status = service.status(tenant, backtest_id)
-        if status.status in statuses:
-            return status
-        time.sleep(0.005)
-    raise AssertionError(f"{backtest_id} still {status.status}, not one of {statuses}")
+    """The job's status once it is one of `statuses`: woken by the store's writes."""
+    job = service.wait(tenant, backtest_id, lambda job: job.status in statuses, timeout=WAIT)
+    assert job.status in statuses, f"{backtest_id} still {job.status}, not one of {statuses}"
+    return service.status(tenant, backtest_id)
 
 
 def submit(service: BacktestService, code: str = CODE, tenant: str = "local", **cfg: object) -> str:
@@ -148,10 +148,7 @@ def test_progress_and_estimated_completion_while_running(
 ) -> None:
     backtest_id = submit(service, BLOCK + "# bars: 1000\n")
     engine.wait_started(1)
-    deadline = time.monotonic() + 5
-    while service.status("local", backtest_id).progress_percent == 0.0:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    service.wait("local", backtest_id, lambda job: bool(job.progress_done), timeout=WAIT)
     status = service.status("local", backtest_id)
     assert (status.status, status.progress_percent) == (JobStatus.RUNNING, 50.0)
     assert status.estimated_completion is not None
@@ -357,10 +354,7 @@ def test_cancel_a_running_job_kills_it(service: BacktestService, engine: FakeEng
     backtest_id = submit(service, BLOCK)
     engine.wait_started(1)
     assert service.cancel("local", backtest_id).status is JobStatus.CANCELLED
-    deadline = time.monotonic() + 5
-    while engine.running:  # the fake returns once its cancel event is set
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    engine.wait_idle()  # the fake returns once its cancel event is set
     assert service.status("local", backtest_id).status is JobStatus.CANCELLED
     assert service.stats("local").cancelled == 1
 
@@ -380,10 +374,7 @@ def test_delete_a_running_job(service: BacktestService, engine: FakeEngine) -> N
     }
     with pytest.raises(NotFound):
         service.status("local", backtest_id)
-    deadline = time.monotonic() + 5
-    while engine.running:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    engine.wait_idle()
     assert service.stats("local").total == 0
 
 

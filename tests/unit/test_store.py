@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -294,3 +295,18 @@ def test_the_database_is_in_wal_mode(store: JobStore, path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+def test_a_write_wakes_a_waiting_reader(store: JobStore) -> None:
+    seen = store.version()
+    assert store.wait_for_change(seen, timeout=0.01) == seen  # nothing written: times out
+    writer = threading.Timer(0.05, lambda: store.insert(new_job(1)))
+    writer.start()
+    try:
+        assert store.wait_for_change(seen, timeout=10) == seen + 1
+    finally:
+        writer.join()
+    failed = store.version()
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert(new_job(1))  # the same id again: rolled back, so no change to wake on
+    assert store.version() == failed

@@ -296,10 +296,8 @@ def make_service(tmp_path: Path, engine: FakeEngine) -> Iterator[Callable[..., B
 
 
 def wait_for(service: BacktestService, tenant: str, backtest_id: str, status: JobStatus) -> None:
-    deadline = time.monotonic() + 5
-    while service.status(tenant, backtest_id).status is not status:
-        assert time.monotonic() < deadline, f"{backtest_id} never {status}"
-        time.sleep(0.005)
+    job = service.wait(tenant, backtest_id, lambda job: job.status is status, timeout=10)
+    assert job.status is status, f"{backtest_id} never {status}"
 
 
 def test_the_queued_quota_refuses_a_submission_and_names_the_rule(

@@ -11,6 +11,8 @@ import base64
 import binascii
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -276,6 +278,28 @@ class BacktestService:
         if job is None:
             raise NotFound(backtest_id)
         return job
+
+    def wait(
+        self,
+        tenant: str,
+        backtest_id: Any,
+        until: Callable[[JobSummary], bool],
+        timeout: float,
+    ) -> JobSummary:
+        """The job's summary once `until` holds for it, or when `timeout` passes: woken by the
+        store's writes, not by polling.
+
+        Raises:
+            NotFound: no such job for this tenant.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self._store.version()
+            job = self.summary(tenant, backtest_id)
+            remaining = deadline - time.monotonic()
+            if until(job) or remaining <= 0:
+                return job
+            self._store.wait_for_change(seen, remaining)
 
     def status(self, tenant: str, backtest_id: Any, *, full: bool = False) -> views.StatusResponse:
         """Status, progress, and the result (cut down unless `full`) or the error.

@@ -211,6 +211,9 @@ class JobStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        # Bumped after every committed write: lets readers wait for a change, not poll.
+        self._changes = threading.Condition()
+        self._version = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as conn:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -263,6 +266,23 @@ class JobStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        with self._changes:
+            self._version += 1
+            self._changes.notify_all()
+
+    def version(self) -> int:
+        """How many write transactions this store object has committed."""
+        with self._changes:
+            return self._version
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        """Block until a write commits after `seen` (a `version()`), or `timeout` passes.
+
+        Only writes through this object wake it (one process: the server or the CLI).
+        """
+        with self._changes:
+            self._changes.wait_for(lambda: self._version != seen, timeout=max(timeout, 0.0))
+            return self._version
 
     def close(self) -> None:
         """Close every connection. Safe to call twice."""
