@@ -1,7 +1,8 @@
 """The `backtest-sandbox` command (docs/interface.md section 5).
 
 Exit codes of `run`: 0 completed; 2 invalid usage or config; 3 the run failed (any error type
-but sandbox_error); 4 sandbox_error.
+but sandbox_error); 4 sandbox_error; 128 + N when signal N (SIGTERM, SIGINT, SIGHUP) cancelled
+the run, whose container was then killed and removed.
 
 Imports are lazy past this module's own: `--help`, `--version` and a syntax-error verdict load
 neither pandas, numpy, docker nor mcp (each command imports what it needs when it runs).
@@ -11,8 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,6 +42,8 @@ EXIT_COMPLETED = 0
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 3
 EXIT_SANDBOX_ERROR = 4
+# A run cancelled by one of these exits 128 + its number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP).
+CANCELLING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # Config fields settable by flag: flag name -> (config field, type for argparse).
 CONFIG_FLAGS: dict[str, tuple[str, type]] = {
@@ -175,15 +184,48 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     config = _read_config(args, settings)
     backtest_id = new_backtest_id()
     syntax_error = check_syntax(code)
+    stopped_by: int | None = None
     if syntax_error is not None:  # decided here: no container, no Docker, no data
         outcome = RunOutcome(status=JobStatus.FAILED, error=syntax_error)
     else:
-        outcome = _run_sandboxed(backtest_id, code, config, settings, show_progress=not args.json)
+        with _signals_cancel() as cancel:
+            outcome = _run_sandboxed(
+                backtest_id, code, config, settings, cancel, show_progress=not args.json
+            )
+        stopped_by = cancel.signal
     if args.json:
         print(json.dumps(status_object(backtest_id, outcome)))
     else:
         _print_outcome(outcome)
+    if outcome.status is JobStatus.CANCELLED and stopped_by is not None:
+        return 128 + stopped_by  # the shell's convention for "ended by this signal"
     return exit_code(outcome)
+
+
+class _Cancel(threading.Event):
+    """Set by SIGTERM, SIGINT or SIGHUP; remembers which one came first."""
+
+    signal: int | None = None
+
+
+@contextmanager
+def _signals_cancel() -> Iterator[_Cancel]:
+    """While the block runs, SIGTERM, SIGINT and SIGHUP cancel the run instead of killing this
+    process: the container is killed and removed, and the status printed (a CI job that is
+    cancelled, a terminal closed, Ctrl-C). Each signal after the first only repeats it."""
+    cancel = _Cancel()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if cancel.signal is None:
+            cancel.signal = signum
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in CANCELLING_SIGNALS}
+    try:
+        yield cancel
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_sandboxed(
@@ -191,6 +233,7 @@ def _run_sandboxed(
     code: str,
     config: BacktestConfig,
     settings: Settings,
+    cancel: threading.Event,
     *,
     show_progress: bool,
 ) -> RunOutcome:
@@ -201,7 +244,7 @@ def _run_sandboxed(
     engine = Engine(settings.model_copy(update={"pool_size": 0}))
     bar = ProgressBar(sys.stderr) if show_progress else None
     try:
-        return engine.run(request, on_progress=bar.update if bar else None)
+        return engine.run(request, cancel=cancel, on_progress=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()
@@ -230,16 +273,19 @@ def exit_code(outcome: RunOutcome) -> int:
 
 
 def _print_outcome(outcome: RunOutcome) -> None:
+    """The outcome for a person at a terminal. What the strategy wrote (its logs, messages,
+    tracebacks) is shown escaped: it cannot move the cursor, clear the screen, set the
+    clipboard or fake a line of ours."""
     if outcome.result is None:
         error = outcome.error
         print(f"{outcome.status.value}: {error.type.value if error else ''}")
         if error is not None:
-            print(f"  {error.message}")
+            print(f"  {terminal_safe(error.message)}")
             traceback = error.details.get("traceback")
             if traceback:
-                print(traceback.rstrip())
+                print(terminal_safe(str(traceback).rstrip()))
         if outcome.logs:
-            print("--- logs ---\n" + outcome.logs.rstrip())
+            print("--- logs ---\n" + terminal_safe(outcome.logs.rstrip()))
         return
     result = outcome.result
     print(f"completed in {outcome.execution_time_seconds:.2f} s "
@@ -248,7 +294,18 @@ def _print_outcome(outcome: RunOutcome) -> None:
         shown = "n/a" if value is None else f"{value:,.4f}" if isinstance(value, float) else value
         print(f"  {name:<28} {shown}")
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        print(f"warning: {terminal_safe(warning)}")
+
+
+# C0 controls but newline and tab, DEL, C1 controls (ESC, CSI and OSC start sequences), and the
+# Unicode bidirectional overrides that reorder what a line appears to say.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character that a terminal would act on shown as an escape."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

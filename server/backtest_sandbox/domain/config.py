@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -21,8 +22,14 @@ from pydantic import (
 from .errors import InvalidRequest
 from .timeframes import Timeframe
 
-SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 MIN_MEMORY_MB = 128  # below this Python, pandas and Backtrader cannot even import
+# Bounds that keep every derived number finite inside Backtrader (an order of 1e307 units
+# overflows to inf): far beyond any real account or order.
+MAX_CAPITAL = 1e15
+MAX_ORDER_UNITS = 1e12
+MAX_PARAMS_DEPTH = 16  # nesting of the params object
+MAX_PARAMS_BYTES = 64 * 1024  # its JSON
 
 
 class BacktestConfig(BaseModel):
@@ -31,7 +38,7 @@ class BacktestConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Each description is the field's rule as callers read it (the backtest://config resource).
-    symbol: str = Field(description="required; non-empty; letters, digits and _ only")
+    symbol: str = Field(description="required; 1 to 32 letters, digits and _")
     timeframe: Timeframe = Field(
         description="required; an MT5 timeframe by code (16408) or by name ('D1')"
     )
@@ -39,7 +46,13 @@ class BacktestConfig(BaseModel):
         description="required; ISO date; bars with start_date <= date <= end_date are used"
     )
     end_date: date = Field(description="required; ISO date after start_date")
-    initial_capital: float = Field(10000.0, gt=0, allow_inf_nan=False, description="> 0")
+    initial_capital: float = Field(
+        10000.0,
+        gt=0,
+        le=MAX_CAPITAL,
+        allow_inf_nan=False,
+        description=f"> 0 and <= {MAX_CAPITAL:g}",
+    )
     commission: float = Field(
         0.0,
         ge=0,
@@ -52,14 +65,16 @@ class BacktestConfig(BaseModel):
         ge=0.01,
         le=100,
         allow_inf_nan=False,
-        description="0.01 to 100 lots; default order size = position_size x contract_size",
+        description="0.01 to 100 lots; default order size = position_size x contract_size "
+        f"units, at most {MAX_ORDER_UNITS:g}",
     )
     contract_size: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="> 0 (100000 for a standard FX lot)"
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="a JSON object passed to the strategy's params (no NaN or Infinity)",
+        description="a JSON object passed to the strategy's params (no NaN or Infinity; "
+        f"at most {MAX_PARAMS_DEPTH} levels deep and {MAX_PARAMS_BYTES} bytes)",
     )
     timeout_seconds: float = Field(
         120.0,
@@ -81,7 +96,7 @@ class BacktestConfig(BaseModel):
     @classmethod
     def _symbol_chars(cls, value: str) -> str:
         if not SYMBOL_PATTERN.fullmatch(value):
-            raise ValueError("must be non-empty and use only letters, digits and _")
+            raise ValueError("must be 1 to 32 letters, digits and _")
         return value
 
     @field_validator("timeframe", mode="before")
@@ -94,10 +109,14 @@ class BacktestConfig(BaseModel):
     @field_validator("params")
     @classmethod
     def _params_are_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _depth(value) > MAX_PARAMS_DEPTH:
+            raise ValueError(f"must be nested at most {MAX_PARAMS_DEPTH} levels deep")
         try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as e:
+            encoded = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
             raise ValueError(f"must be plain JSON (no NaN or Infinity): {e}") from None
+        if len(encoded) > MAX_PARAMS_BYTES:
+            raise ValueError(f"must be at most {MAX_PARAMS_BYTES} bytes of JSON")
         return value
 
     @model_validator(mode="after")
@@ -105,6 +124,17 @@ class BacktestConfig(BaseModel):
         if self.end_date <= self.start_date:
             raise ValueError("end_date must be after start_date")
         return self
+
+    @field_validator("contract_size")
+    @classmethod
+    def _order_size_in_bounds(cls, value: float, info: ValidationInfo) -> float:
+        lots = info.data.get("position_size")  # validated first (fields validate in order)
+        if isinstance(lots, float) and not lots * value <= MAX_ORDER_UNITS:  # inf fails too
+            raise ValueError(
+                f"position_size x contract_size must be at most {MAX_ORDER_UNITS:g} units "
+                f"(got {lots * value:g})"
+            )
+        return value
 
     @field_serializer("timeframe")
     def _timeframe_name(self, value: Timeframe) -> str:
@@ -163,3 +193,17 @@ def config_rules() -> dict[str, str]:
     """Field name -> its rule, from the model itself; `*` for the unknown-field rule."""
     rules = {name: f.description or "" for name, f in BacktestConfig.model_fields.items()}
     return {**rules, "*": "unknown fields are rejected"}
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    """How deep dicts and lists nest in `value` (iterative: a hostile depth cannot recurse)."""
+    deepest, stack = 0, [(value, level)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, at)
+            if at > MAX_PARAMS_DEPTH:
+                return at
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, at + 1) for child in children)
+    return deepest

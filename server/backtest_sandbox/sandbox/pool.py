@@ -116,7 +116,11 @@ class WarmPool:
         return expired
 
     def _start_one(self) -> bool:
-        run_dir = new_run_dir(self.settings)
+        try:
+            run_dir = new_run_dir(self.settings)
+        except OSError as e:  # the state dir is full or unwritable: try again later
+            log.warning("could not make a warm container's run directory: %s", e)
+            return False
         try:
             container = self.sandbox.start(run_dir, self.memory_mb, POOL_LABEL)
         except SandboxError as e:

@@ -17,6 +17,7 @@ from typing import Any
 import docker
 
 from backtest_sandbox.domain.errors import SandboxError
+from backtest_sandbox.domain.models import JobStatus
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.image import build as image
 
@@ -51,14 +52,18 @@ class SandboxRunner:
         self._sandbox: Sandbox | None = None
         self._pool: WarmPool | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def sandbox(self) -> Sandbox:
         """The sandbox, connected on first use (so a run refused early needs no daemon).
 
         Raises:
-            SandboxError: no daemon, or no runner image.
+            SandboxError: no daemon, no runner image, or the runner was closed.
         """
         with self._lock:
+            if self._closed:
+                # Final: a run after close would start a new pool that nobody closes.
+                raise SandboxError("the sandbox runner is closed")
             if self._sandbox is None:
                 client = self._client = self._client or docker_client()  # close() releases it
                 tag = image.expected_tag(self.settings)
@@ -96,6 +101,8 @@ class SandboxRunner:
             SandboxError: Docker failed (the run's container is gone all the same).
         """
         sandbox = self.sandbox()
+        if cancel is not None and cancel.is_set():  # cancelled while it was being prepared
+            return Verdict(JobStatus.CANCELLED)
         warm = None
         if self._pool is not None:
             warm = self._pool.acquire(job.memory_mb, self.settings.pool_wait_seconds)
@@ -146,8 +153,9 @@ class SandboxRunner:
         return self.sandbox().remove_orphans()
 
     def close(self) -> None:
-        """Remove the warm pool's containers and release the Docker client."""
+        """Remove the warm pool's containers and release the Docker client. Final."""
         with self._lock:
+            self._closed = True
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
