@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # A seccomp profile (JSON file); "docker-default" (or empty) for Docker's own, looser one.
     seccomp_profile: Path | None = BUILTIN_SECCOMP_PROFILE
     kill_grace_seconds: float = Field(1.0, ge=0)  # SIGTERM to SIGKILL on timeout or cancel
+    # A container ends itself this long after its run's timeout if no host has ended it (the
+    # host that started it was killed): runner_image/init.py, PID 1, enforces it.
+    self_deadline_grace_seconds: float = Field(10.0, gt=0)
     library_volumes: bool = True  # serve the image's Python libraries from read-only volumes
 
     # What the host reads back, capped before it is read.

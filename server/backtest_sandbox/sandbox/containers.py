@@ -37,6 +37,9 @@ LABEL_ATTEMPT = "io.backtest-sandbox.attempt"  # one create call: finds what a l
 # Transient Docker API failures: retried after 0.1, 0.2, 0.4 s (about 0.7 s at most), then
 # reported. Errors that say something about the request (4xx) are never retried.
 RETRY_DELAYS_SECONDS = (0.1, 0.2, 0.4)
+# An idle warm container outlives the pool's max age by this much before it ends itself: the
+# pool recycles it first whenever the host is alive.
+IDLE_SLACK_SECONDS = 10.0
 OWN_MEMORY_MB = 512  # the host's own probes: importing pandas and backtrader fits
 OWN_TIMEOUT_SECONDS = 120.0
 
@@ -143,7 +146,9 @@ class Sandbox:
     ) -> dict[str, Any]:
         """Every hardening default, in one place (docs/security.md "Container defaults").
 
-        `command` replaces the image's (the harness) only for the host's own probes.
+        A strategy's container runs runner_image/init.py as PID 1 (it starts the harness and
+        ends the container at its own deadline, host or no host). `command` replaces both,
+        with docker-init as PID 1, only for the host's own probes.
         """
         s = self.settings
         security_opt = ["no-new-privileges:true"]  # setuid binaries cannot raise privileges
@@ -175,7 +180,10 @@ class Sandbox:
                 Ulimit(name="fsize", soft=s.fsize_mb << 20, hard=s.fsize_mb << 20),
                 Ulimit(name="core", soft=0, hard=0),  # no core dumps of hostile memory
             ],
-            "init": True,  # docker-init as PID 1 forwards signals and reaps zombies
+            # PID 1: our init (see above), or docker-init for a probe; either forwards signals,
+            # reaps zombies, and when it ends every process of the container ends.
+            "init": command is not None,
+            "command": command or self._strategy_command(),
             "environment": dict(SANDBOX_ENVIRONMENT),
             "mounts": [
                 Mount("/job", str(run_dir.input_dir), type="bind", read_only=True),
@@ -190,13 +198,20 @@ class Sandbox:
             ),
             "detach": True,
         }
-        if command is not None:
-            spec["command"] = command
         if self.runtime is not None:
             spec["runtime"] = self.runtime
         if self.runtime == "runsc":
             spec["pids_limit"] = s.pids_limit + RUNSC_PIDS_HEADROOM
         return spec
+
+    def _strategy_command(self) -> list[str]:
+        """The init, then the harness; an idle container ends itself past the pool's max age
+        (a cold one is handed its job at once, so its spec's deadline applies)."""
+        idle = self.settings.pool_max_age_seconds + IDLE_SLACK_SECONDS
+        return [
+            "python3", "-I", "/opt/runner/init.py", "--idle-seconds", f"{idle:g}", "--",
+            "python3", "-I", "/opt/runner/harness.py",
+        ]
 
     def start(
         self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None

@@ -114,7 +114,10 @@ class SandboxRunner:
             # The inputs first and the spec last: a warm harness starts the moment it lands.
             for name, data in job.inputs.items():
                 run_dir.write_input(name, data)
-            run_dir.write_spec(dict(job.spec))
+            # The container's own deadline (runner_image/init.py): the host's clock ends the run
+            # at its timeout; this ends it a grace later if the host is gone.
+            deadline = job.timeout_seconds + self.settings.self_deadline_grace_seconds
+            run_dir.write_spec({**job.spec, "deadline_seconds": deadline})
             if warm is not None:
                 container = warm.container
             else:
