@@ -28,6 +28,11 @@ def test_timeframe_by_code_or_name(value):
     assert parse(timeframe=value).timeframe is Timeframe.D1
 
 
+NESTED_17: list[object] = []
+for _ in range(15):
+    NESTED_17 = [NESTED_17]
+
+
 @pytest.mark.parametrize(
     "overrides,field,rule",
     [
@@ -50,6 +55,13 @@ def test_timeframe_by_code_or_name(value):
         ({"data_source": "web"}, "config.data_source", "'auto', 'file' or 'synthetic'"),
         ({"params": {"x": float("nan")}}, "config.params", "plain JSON"),
         ({"colour": "red"}, "config.colour", "unknown field"),
+        # Bounds that keep every derived number finite (an order of 1e309 units is inf).
+        ({"position_size": 100, "contract_size": 1e307}, "config.contract_size",
+         "position_size x contract_size must be at most 1e+12 units (got inf)"),
+        ({"initial_capital": 1e300}, "config.initial_capital", "less than or equal to"),
+        ({"symbol": "A" * 33}, "config.symbol", "1 to 32 letters, digits and _"),
+        ({"params": {"x": NESTED_17}}, "config.params", "at most 16 levels deep"),
+        ({"params": {"x": "y" * 70_000}}, "config.params", "at most 65536 bytes"),
     ],
 )
 def test_broken_rules_name_the_field(overrides, field, rule):
