@@ -40,7 +40,10 @@ def test_hardening_defaults(run_dir):
     assert "no-new-privileges:true" in spec["security_opt"]
     assert spec["pids_limit"] == 64
     assert spec["mem_limit"] == spec["memswap_limit"] == "256m"
-    assert spec["init"] is True
+    # PID 1 is our init (it ends the container at its own deadline), not docker-init.
+    assert spec["init"] is False
+    assert spec["command"][:5] == ["python3", "-I", "/opt/runner/init.py", "--idle-seconds", "310"]
+    assert spec["command"][-3:] == ["python3", "-I", "/opt/runner/harness.py"]
     assert spec["nano_cpus"] == 1_000_000_000
     assert "noexec" in spec["tmpfs"]["/tmp"] and "size=64m" in spec["tmpfs"]["/tmp"]
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in spec["ulimits"]}

@@ -135,7 +135,11 @@ class Engine:
             )
         warnings = list(data.warnings)
         if verdict.logs_cut:
-            warnings.append(f"logs were cut to {self.settings.log_cap_bytes} bytes")
+            half = self.settings.log_cap_bytes // 2
+            warnings.append(
+                f"logs_truncated: the output was longer than {self.settings.log_cap_bytes} "
+                f"bytes; its first and last {half} bytes are kept"
+            )
         result = _result(request, data, verdict, verdict.claim, warnings)
         return RunOutcome(
             status=JobStatus.COMPLETED,

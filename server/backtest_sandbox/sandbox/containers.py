@@ -27,6 +27,7 @@ from backtest_sandbox.domain.errors import SandboxError
 from backtest_sandbox.domain.settings import Settings
 
 from .library_volumes import library_mounts
+from .logs import LogStream
 from .rundir import RunDir, new_run_dir
 
 LABEL_PROJECT = "io.backtest-sandbox"  # on every container we start: how orphans are found
@@ -40,6 +41,7 @@ RETRY_DELAYS_SECONDS = (0.1, 0.2, 0.4)
 # An idle warm container outlives the pool's max age by this much before it ends itself: the
 # pool recycles it first whenever the host is alive.
 IDLE_SLACK_SECONDS = 10.0
+DOCKER_LOG_BYTES = 8 * 1024 * 1024  # the json-file log's bound on disk, per container
 OWN_MEMORY_MB = 512  # the host's own probes: importing pandas and backtrader fits
 OWN_TIMEOUT_SECONDS = 120.0
 
@@ -193,8 +195,14 @@ class Sandbox:
             "labels": {LABEL_PROJECT: "1", LABEL_RUN: backtest_id, LABEL_OWNER: self.owner},
             "hostname": "sandbox",
             # The json-file log is on the host's disk: cap it so an output flood cannot fill it.
+            # What users see is read by the host from an attach (logs.py, `log_stream`); this
+            # log is only the fallback when the attach broke.
             "log_config": LogConfig(
-                type="json-file", config={"max-size": f"{s.log_cap_bytes * 4}", "max-file": "1"}
+                type="json-file",
+                config={
+                    "max-size": str(max(s.log_cap_bytes * 4, DOCKER_LOG_BYTES)),
+                    "max-file": "1",
+                },
             ),
             "detach": True,
         }
@@ -321,6 +329,20 @@ class Sandbox:
         state = container.attrs["State"]
         return ExitState(exit_code=int(state["ExitCode"]), oom_killed=bool(state["OOMKilled"]))
 
+    def log_stream(self, container: Container) -> LogStream:
+        """stdout and stderr as they come, from the start, until the container stops.
+
+        An attach, not a follow of the json-file log: it carries the raw bytes straight from
+        the container's pipes (a slow reader slows the writer rather than losing lines), where
+        the log file is re-encoded and rotated under a flood.
+        """
+        stream = self._call(container.attach, stdout=True, stderr=True, stream=True, logs=True)
+        # A run may print nothing for as long as it lasts: no read timeout on this socket
+        # (docker-py does the same for a followed log, with these same helpers).
+        api = self.client.api
+        api._disable_socket_timeout(api._get_raw_response_socket(stream._response))
+        return _AttachStream(stream)
+
     def logs(self, container: Container) -> bytes:
         """stdout and stderr, interleaved; bounded by the json-file log cap."""
         data: bytes = self._call(container.logs, stdout=True, stderr=True)
@@ -395,6 +417,21 @@ def _retrying(fn: Any, *args: Any, **kwargs: Any) -> Any:
                 raise
         time.sleep(delay)
     return fn(*args, **kwargs)
+
+
+class _AttachStream:
+    """docker-py's attach stream, closed whole: its `close` shuts the socket down, and only
+    closing the response as well releases the descriptor."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._stream)
+
+    def close(self) -> None:
+        self._stream.close()
+        self._stream._response.close()
 
 
 def _is_transient(error: Exception) -> bool:

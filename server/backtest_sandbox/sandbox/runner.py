@@ -22,7 +22,7 @@ from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.image import build as image
 
 from .containers import Sandbox, docker_client
-from .logs import cap_logs
+from .logs import LogCollector, cap_logs
 from .pool import WarmPool
 from .rundir import new_run_dir
 from .supervisor import Verdict, decide, watch
@@ -123,6 +123,7 @@ class SandboxRunner:
             else:
                 container = sandbox.start(run_dir, job.memory_mb, job.backtest_id)
                 cleanup.callback(sandbox.remove, container)
+            output = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
             observation = watch(
                 sandbox,
                 container,
@@ -133,7 +134,9 @@ class SandboxRunner:
                 cancel=cancel,
                 on_progress=on_progress,
             )
-            logs, logs_cut = cap_logs(sandbox.logs(container), self.settings.log_cap_bytes)
+            # From the stream; if it broke, what Docker's (rotated) log still holds.
+            kept = output.result()
+            logs, logs_cut = kept or cap_logs(sandbox.logs(container), self.settings.log_cap_bytes)
         verdict = decide(
             observation, timeout_seconds=job.timeout_seconds, expected_bars=job.expected_bars
         )
