@@ -82,8 +82,10 @@ POINTS = [
     pytest.param("backtest_sandbox.sandbox.rundir.RunDir.write_spec", fail, id="write_spec"),
     pytest.param("backtest_sandbox.sandbox.runner.watch", sandbox_fail, id="watch"),
     pytest.param("backtest_sandbox.sandbox.runner.watch", fail, id="watch-bug"),
-    pytest.param("backtest_sandbox.sandbox.containers.Sandbox.logs", sandbox_fail, id="logs"),
-    pytest.param("backtest_sandbox.sandbox.runner.cap_logs", fail, id="cap_logs"),
+    pytest.param(
+        "backtest_sandbox.sandbox.containers.Sandbox.log_stream", sandbox_fail, id="log_stream"
+    ),
+    pytest.param("backtest_sandbox.sandbox.runner.LogCollector.result", fail, id="logs"),
 ]
 
 

@@ -283,7 +283,9 @@ async def test_a_second_identical_run_is_cached_without_a_container(
                 filters={"label": LABEL, "type": "container", "event": "create"},
             )
         )
-        assert events == []
+        # The warm pool may be refilling meanwhile: its containers serve no run yet.
+        runs = [e for e in events if e["Actor"]["Attributes"].get(f"{LABEL}.run") != "pool"]
+        assert runs == []
     finally:
         client_docker.close()
 

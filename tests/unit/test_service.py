@@ -129,9 +129,11 @@ def test_status_reads_the_view_stored_with_the_result(
         job = store.get("local", backtest_id)
     finally:
         store.close()
-    assert job is not None and job.view_json is not None
-    assert status.result == views.ResultView.model_validate_json(job.view_json)
-    assert status.result is not None and len(status.result.equity_curve) <= 500
+    assert job is not None and job.result_digest is not None
+    directory = service.settings.state_dir / "results" / job.result_digest
+    stored = views.ResultView.model_validate_json((directory / "summary.json").read_bytes())
+    assert status.result == stored.model_copy(update={"backtest_id": backtest_id})
+    assert status.result is not None and len(status.result.equity_curve) <= 100
 
 
 def test_a_failed_run_carries_its_error(service: BacktestService) -> None:
@@ -610,17 +612,17 @@ def test_orders_of_a_failed_job_say_why_there_are_none(service: BacktestService)
 def test_chart_gives_the_series_and_a_png(service: BacktestService, name: str) -> None:
     backtest_id = submit(service, CODE + "# bars: 3000\n")
     wait_for(service, backtest_id, JobStatus.COMPLETED)
-    series, drawn = service.chart("local", backtest_id, name, draw_points=MAX_RENDERED_POINTS)
+    series, drawn = service.chart("local", backtest_id, name)
     assert (drawn.points_total, drawn.downsampled) == (3000, True)
     assert len(drawn.points) <= MAX_RENDERED_POINTS
     png = render_chart(drawn)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert (series.name, series.points_total, series.downsampled) == (name, 3000, True)
     assert len(series.points) <= views.INLINE_EQUITY_POINTS
-    full, _ = service.chart("local", backtest_id, name, full=True, draw_points=100)
+    full, _ = service.chart("local", backtest_id, name, full=True)
     assert (len(full.points), full.downsampled) == (3000, False)
     with pytest.raises(InvalidRequest, match=r"^name: must be 'equity' or 'drawdown'$"):
-        service.chart("local", backtest_id, "volume", draw_points=100)
+        service.chart("local", backtest_id, "volume")
 
 
 # -- stats and life cycle ----------------------------------------------------------------------

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from backtest_sandbox.domain.errors import QuotaExceeded
 from backtest_sandbox.domain.models import JobStatus
-from backtest_sandbox.jobs.store import CacheEntry, JobStore, NewJob, Recovery
+from backtest_sandbox.jobs.store import (
+    CacheEntry,
+    JobStore,
+    Limits,
+    NewJob,
+    Recovery,
+    StoredResult,
+)
 
 
 class Clock:
@@ -53,6 +61,13 @@ def new_job(n: int, tenant: str = "a", **changes: object) -> NewJob:
         timeframe="D1",
     )
     return replace(job, **changes)  # type: ignore[arg-type]
+
+
+def stored(n: int) -> StoredResult:
+    return StoredResult(f"{n:064d}", 100)
+
+
+RESULT = stored(0)
 
 
 def test_insert_then_get_returns_the_whole_row(store: JobStore, clock: Clock) -> None:
@@ -131,7 +146,7 @@ def test_claim_serves_the_least_recently_served_tenant_first(store: JobStore, cl
     order = []
     while (job := store.claim_next()) is not None:
         order.append(job.id)
-        store.finish(job.id, JobStatus.COMPLETED, result_json="{}")
+        store.finish(job.id, JobStatus.COMPLETED, result=RESULT)
     assert order == [new_job(n).id for n in (0, 50, 1, 51, 2)]
 
 
@@ -151,37 +166,31 @@ def test_finish_records_and_caches_in_one_step(store: JobStore) -> None:
     store.insert(new_job(1, cache_key="k"))
     store.claim_next()
     assert store.finish(
-        new_job(1).id,
-        JobStatus.COMPLETED,
-        result_json='{"r": 1}',
-        view_json='{"v": 1}',
-        cache_key="k",
-    )
+        new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k"
+    ) == (True, [])
     job = store.get("a", new_job(1).id)
     assert job is not None
-    assert (job.status, job.result_json, job.view_json) == (
-        JobStatus.COMPLETED,
-        '{"r": 1}',
-        '{"v": 1}',
-    )
-    assert store.cache_get("k") == CacheEntry(JobStatus.COMPLETED, '{"r": 1}', '{"v": 1}', None)
+    assert (job.status, job.result_digest) == (JobStatus.COMPLETED, RESULT.digest)
+    assert store.cache_get("k") == CacheEntry(JobStatus.COMPLETED, RESULT.digest, None)
+    assert store.result_digests() == {RESULT.digest}
 
 
 def test_finish_after_cancel_changes_nothing(store: JobStore) -> None:
     store.insert(new_job(1, cache_key="k"))
     store.claim_next()
     assert store.cancel("a", new_job(1).id) == (JobStatus.RUNNING, JobStatus.CANCELLED)
-    assert not store.finish(
-        new_job(1).id, JobStatus.COMPLETED, result_json='{"r": 1}', cache_key="k"
-    )
+    # Not recorded, and the result written for it is nobody's: the caller removes it.
+    assert store.finish(
+        new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k"
+    ) == (False, [RESULT.digest])
     job = store.get("a", new_job(1).id)
-    assert job is not None and job.status is JobStatus.CANCELLED and job.result_json is None
+    assert job is not None and job.status is JobStatus.CANCELLED and job.result_digest is None
     assert store.cache_get("k") is None
 
 
 def test_cancel_keeps_a_terminal_status(store: JobStore) -> None:
-    store.insert(new_job(1, status=JobStatus.COMPLETED, result_json="{}"))
-    assert store.cancel("a", new_job(1).id) == (JobStatus.COMPLETED, JobStatus.COMPLETED)
+    store.insert(new_job(1, status=JobStatus.FAILED, error_json="{}"))
+    assert store.cancel("a", new_job(1).id) == (JobStatus.FAILED, JobStatus.FAILED)
 
 
 def test_cancel_queued_is_never_claimed(store: JobStore) -> None:
@@ -194,12 +203,62 @@ def test_delete_forgets_the_cached_result_unless_shared(store: JobStore) -> None
     store.insert(new_job(1, cache_key="k"))
     store.insert(new_job(2, cache_key="k"))
     store.claim_next()
-    store.finish(new_job(1).id, JobStatus.COMPLETED, result_json="{}", cache_key="k")
-    assert store.delete("a", new_job(1).id) is JobStatus.COMPLETED
-    assert store.cache_get("k") is not None  # job 2 still refers to it
-    assert store.delete("a", new_job(2).id) is JobStatus.QUEUED
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k")
+    # The job's reference goes; the cache's stays while job 2 shares the key.
+    assert store.delete("a", new_job(1).id) == (JobStatus.COMPLETED, [])
+    assert store.cache_get("k") is not None
+    assert store.delete("a", new_job(2).id) == (JobStatus.QUEUED, [RESULT.digest])
     assert store.cache_get("k") is None
     assert store.get("a", new_job(1).id) is None
+    assert store.result_digests() == set()
+
+
+def test_a_cache_hit_shares_the_result_and_counts_against_the_quota(store: JobStore) -> None:
+    store.insert(new_job(1, cache_key="k"))
+    store.claim_next()
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k")
+    limits = Limits(max_stored_jobs=2)
+    hit = new_job(2, status=JobStatus.COMPLETED, cached=True, result_digest=RESULT.digest)
+    assert store.insert(hit, limits).result_digest == RESULT.digest
+    with pytest.raises(QuotaExceeded) as refused:
+        store.insert(replace(hit, id="bt_" + "9" * 32), limits)
+    assert (refused.value.rule, refused.value.limit, refused.value.current) == (
+        "tenant_max_stored_jobs", 2, 2,
+    )
+    # One stored result, three references (two jobs, the cache): freed with the last one.
+    assert store.delete("a", new_job(1).id) == (JobStatus.COMPLETED, [])
+    assert store.delete("a", new_job(2).id) == (JobStatus.COMPLETED, [RESULT.digest])
+
+
+def test_the_stored_bytes_quota(store: JobStore) -> None:
+    store.insert(new_job(1))
+    store.claim_next()
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result=StoredResult("d" * 64, 5000))
+    with pytest.raises(QuotaExceeded, match="^tenant_max_stored_bytes: your stored results"):
+        store.insert(new_job(2), Limits(max_stored_bytes=5000))
+    store.insert(new_job(3, tenant="b"), Limits(max_stored_bytes=5000))  # b stores nothing
+
+
+def test_the_cache_keeps_its_most_recently_used_entries(store: JobStore, clock: Clock) -> None:
+    for n in range(3):
+        store.insert(new_job(n, cache_key=f"k{n}"))
+        store.claim_next()
+        clock.advance(1)
+        store.finish(new_job(n).id, JobStatus.COMPLETED, result=stored(n), cache_key=f"k{n}",
+                     cache_max_entries=2)
+    assert store.cache_get("k0") is None  # evicted: the oldest
+    assert store.cache_get("k1") is not None and store.cache_get("k2") is not None
+
+
+def test_retention_purges_old_finished_jobs(store: JobStore, clock: Clock) -> None:
+    store.insert(new_job(1, cache_key="k"))
+    store.claim_next()
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k")
+    store.insert(new_job(2))  # queued: never purged
+    clock.advance(100)
+    assert store.purge(finished_before=clock.now - 50) == (1, [RESULT.digest])
+    assert store.get("a", new_job(1).id) is None and store.cache_get("k") is None
+    assert store.get("a", new_job(2).id) is not None
 
 
 def test_requeue_does_not_count_the_attempt(store: JobStore) -> None:
@@ -233,7 +292,7 @@ def test_counts_and_average_times(store: JobStore, clock: Clock) -> None:
     clock.advance(4)  # job 1 waits 4 s
     store.claim_next()
     clock.advance(2)  # and runs 2 s
-    store.finish(new_job(1).id, JobStatus.COMPLETED, result_json="{}")
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result=stored(1))
     counts = store.counts("a")
     assert counts.by_status == {
         JobStatus.QUEUED: 1,
@@ -253,7 +312,7 @@ def test_recover_accounts_for_every_job(path: Path, clock: Clock) -> None:
     store.insert(new_job(3))  # running a second time, interrupted again
     store.insert(new_job(4))  # still queued
     store.claim_next()
-    store.finish(new_job(1).id, JobStatus.COMPLETED, result_json="{}")
+    store.finish(new_job(1).id, JobStatus.COMPLETED, result=stored(1))
     store.claim_next()
     store.claim_next()
     store.requeue(new_job(3).id)  # rewind job 3 to simulate its earlier interrupted run:

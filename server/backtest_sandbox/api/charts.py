@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from backtest_sandbox.domain.models import EquityPoint
-from backtest_sandbox.jobs.views import ChartSeries
+from backtest_sandbox.jobs.views import ChartSeries, downsample
 
 WIDTH_INCHES, HEIGHT_INCHES, DPI = 10.0, 4.5, 100  # 1000 x 450 px: readable, ~50 KB
 MAX_RENDERED_POINTS = 2000  # more than the pixels across: callers downsample first
@@ -60,9 +60,9 @@ def render_png(points: Sequence[EquityPoint], *, title: str, ylabel: str, fill: 
 
 
 def render_chart(series: ChartSeries) -> bytes:
-    """A result's equity or drawdown series (already cut to MAX_RENDERED_POINTS) as PNG."""
+    """A result's equity or drawdown series as PNG (drawn from at most MAX_RENDERED_POINTS)."""
     return render_png(
-        series.points,
+        downsample(series.points, MAX_RENDERED_POINTS),
         title=f"{series.name} - {series.backtest_id}",
         ylabel="drawdown (%)" if series.name == "drawdown" else "equity",
         fill=series.name == "drawdown",

@@ -37,7 +37,7 @@ from backtest_sandbox.jobs.service import BacktestService
 from backtest_sandbox.jobs.store import JobSummary
 
 from . import http_auth
-from .charts import MAX_RENDERED_POINTS, render_chart
+from .charts import render_chart
 from .config_document import config_document, config_input_schema
 
 DEFAULT_HOST = "127.0.0.1"
@@ -285,14 +285,7 @@ def _add_result_tools(
     ) -> CallToolResult:
         """The equity or drawdown curve of a completed backtest: the series as JSON
         (downsampled unless full=true) and the chart as a PNG image."""
-        series, drawn = await _call(
-            service.chart,
-            tenant_of(ctx),
-            backtest_id,
-            name,
-            full=full,
-            draw_points=MAX_RENDERED_POINTS,
-        )
+        series, drawn = await _call(service.chart, tenant_of(ctx), backtest_id, name, full=full)
         png = await _call(render_chart, drawn)
         data = series.model_dump(mode="json")
         return CallToolResult(

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     # Tenants (README "Multi-tenant HTTP").
     tenant_max_running: int | None = Field(None, ge=1)  # None: max_workers (no per-tenant cap)
     tenant_max_queued: int = Field(100, ge=1)  # a submission beyond it is refused
+    # What a tenant may keep (README "Storage"): jobs of every status, cache hits included,
+    # and the bytes of its stored results. None: no limit.
+    tenant_max_stored_jobs: int | None = Field(10_000, ge=1)
+    tenant_max_stored_bytes: int | None = Field(2 * 1024**3, ge=1)
+    retention_days: float | None = Field(30.0, gt=0)  # finished jobs older go; None keeps all
+    cache_max_entries: int = Field(10_000, ge=0)  # the least recently used go first
+    # The largest whole result one answer carries (read_backtest full=true); bigger ones are
+    # read in pages (orders) and from the CSV resources.
+    max_full_read_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     allowed_hosts: str = ""  # extra Host header values for HTTP, comma-separated
 
     # The runner image.

@@ -20,9 +20,10 @@ from backtest_sandbox.domain.errors import ErrorType, InvalidRequest
 from backtest_sandbox.domain.models import JobStatus, RunError, RunOutcome
 from backtest_sandbox.sandbox.runner import ProgressCallback
 
-from . import audit, views
+from . import audit
 from .engine import RunRequest
-from .store import Job, JobStore
+from .results import ResultFiles
+from .store import Job, JobStore, StoredResult
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +104,17 @@ class Scheduler:
         self,
         store: JobStore,
         engine: EngineLike,
+        results: ResultFiles,
         *,
         workers: int,
         tenant_max_running: int | None = None,
+        cache_max_entries: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._engine = engine
+        self._results = results
+        self._cache_max_entries = cache_max_entries
         self._workers = workers
         self._tenant_max_running = tenant_max_running  # None: a tenant may use every worker
         self._clock = clock
@@ -254,24 +259,23 @@ class Scheduler:
         self._record(job, outcome)
 
     def _record(self, job: Job, outcome: RunOutcome) -> None:
-        result_json = view_json = None
+        # The result's files first, outside any transaction; then one short transaction
+        # that flips the status and takes the references.
+        stored = None
         if outcome.result is not None:
-            result_json = outcome.result.model_dump_json()
-            # Cut down once here rather than on every status poll: parsing a whole result
-            # of 100,000 bars takes half a second.
-            view_json = views.result_view(
-                outcome.result, cached=False, full=False
-            ).model_dump_json()
+            stored = StoredResult(*self._results.write(outcome.result))
         error_json = outcome.error.model_dump_json() if outcome.error is not None else None
         cache_key = outcome.cache_key if outcome_is_cacheable(outcome) else None
-        recorded = self._store.finish(
+        recorded, unreferenced = self._store.finish(
             job.id,
             outcome.status,
-            result_json=result_json,
-            view_json=view_json,
+            result=stored,
             error_json=error_json,
             cache_key=cache_key,
+            cache_max_entries=self._cache_max_entries,
         )
+        for digest in unreferenced:
+            self._results.remove(digest)
         audit.record(
             "finish",
             job.tenant,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from backtest_sandbox.domain.code import (
     check_code,
     check_language,
+    check_syntax,
     is_backtest_id,
     new_backtest_id,
     unsupported_language,
@@ -39,13 +40,15 @@ from backtest_sandbox.domain.settings import Settings
 
 from . import audit, views
 from .engine import RunRequest
+from .results import ResultFiles
 from .scheduler import EngineLike, Scheduler
-from .store import Job, JobStore, JobSummary, NewJob, Recovery
+from .store import Job, JobStore, JobSummary, Limits, NewJob, Recovery, StoredResult
 
 logger = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 200
 MAX_ATTEMPTS = 2  # a job interrupted by a dying server runs once more, then fails
+MAINTENANCE_SECONDS = 600.0  # how often retention and clean-up run
 _CURSOR_PREFIX = "v1:"
 
 
@@ -87,12 +90,21 @@ class BacktestService:
         self.settings = settings
         self._engine = engine
         self._store = store or JobStore(settings.state_dir / "jobs.sqlite3")
+        self._results = ResultFiles(settings.state_dir / "results")
+        self._limits = Limits(
+            max_queued=settings.tenant_max_queued,
+            max_stored_jobs=settings.tenant_max_stored_jobs,
+            max_stored_bytes=settings.tenant_max_stored_bytes,
+        )
         self._scheduler = Scheduler(
             self._store,
             engine,
+            self._results,
             workers=settings.max_workers,
             tenant_max_running=settings.effective_tenant_max_running,
+            cache_max_entries=settings.cache_max_entries,
         )
+        self._maintenance = _Every(MAINTENANCE_SECONDS, self.maintain)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -124,11 +136,32 @@ class BacktestService:
                 recovery.requeued,
                 recovery.failed,
             )
+        self.maintain()
         self._scheduler.start()
+        self._maintenance.start()
         return recovery
+
+    def maintain(self) -> None:
+        """Storage upkeep, at start and every MAINTENANCE_SECONDS: results of a version 1
+        store move to files, jobs past the retention period go, and result files a crash
+        left unreferenced are removed."""
+        while legacy := self._store.legacy_results():
+            for job_id, result_json in legacy:
+                result = BacktestResult.model_validate_json(result_json)
+                self._store.adopt_legacy(job_id, StoredResult(*self._results.write(result)))
+        if self.settings.retention_days is not None:
+            before = time.time() - self.settings.retention_days * 86400
+            while True:
+                purged, unreferenced = self._store.purge(before)
+                for digest in unreferenced:
+                    self._results.remove(digest)
+                if not purged:
+                    break
+        self._results.remove_strays(self._store.result_digests())
 
     def close(self) -> None:
         """Stop the workers (their jobs go back to the queue), then the engine and the store."""
+        self._maintenance.stop()
         self._scheduler.stop()
         self._engine.close()
         self._store.close()
@@ -197,22 +230,23 @@ class BacktestService:
             symbol=parsed.symbol,
             timeframe=parsed.timeframe.name,
         )
-        error = unsupported_language(lang)
+        # Cheapest first, and no data work before them: the language and the compile. A
+        # refusal is recorded (it counts against the stored-jobs quota) but never queued.
+        error = unsupported_language(lang) or check_syntax(code)
         if error is not None:
-            self._store.insert(
-                replace(job, status=JobStatus.FAILED, error_json=error.model_dump_json())
-            )
+            failed = replace(job, status=JobStatus.FAILED, error_json=error.model_dump_json())
+            self._store.insert(failed, self._limits)
             return views.SubmitResponse(
                 backtest_id=job.id, status=JobStatus.FAILED, cached=False, error=error
             )
         request = RunRequest(
             backtest_id=job.id, code=code, config=parsed, language=lang, tenant=tenant
         )
-        job = replace(job, cache_key=self._cache_key(request))
+        job = replace(job, cache_key=self._cache_key(request))  # names the data, reads none
         hit = self._from_cache(job)
         if hit is not None:
-            return hit  # never queued: no quota applies
-        self._store.insert(job, max_queued=self.settings.tenant_max_queued)
+            return hit
+        self._store.insert(job, self._limits)
         self._scheduler.wake()
         return views.SubmitResponse(backtest_id=job.id, status=JobStatus.QUEUED, cached=False)
 
@@ -225,7 +259,12 @@ class BacktestService:
             return None
 
     def _from_cache(self, job: NewJob) -> views.SubmitResponse | None:
-        """A terminal job from the cached outcome of an identical earlier run, if any."""
+        """A terminal job that refers to the cached outcome of an identical earlier run (its
+        stored result is shared, not copied), if there is one. Quotas apply as to any job.
+
+        Raises:
+            QuotaExceeded: the tenant keeps as many jobs or bytes as it may.
+        """
         entry = None if job.cache_key is None else self._store.cache_get(job.cache_key)
         if entry is None:
             return None
@@ -233,22 +272,18 @@ class BacktestService:
             error = (
                 None if entry.error_json is None else RunError.model_validate_json(entry.error_json)
             )
-            result_json = _rebrand(entry.result_json, job.id)
-            view_json = _rebrand(entry.view_json, job.id)
-        except (ValidationError, ValueError):
-            # Written by a server whose result schema differed: run it again instead.
+        except ValidationError:
+            # Written by a server whose error schema differed: run it again instead.
             logger.warning("ignoring a cache entry that no longer validates")
             return None
-        self._store.insert(
-            replace(
-                job,
-                status=entry.status,
-                cached=True,
-                result_json=result_json,
-                view_json=view_json,
-                error_json=entry.error_json,
-            )
+        hit = replace(
+            job,
+            status=entry.status,
+            cached=True,
+            result_digest=entry.result_digest,
+            error_json=entry.error_json,
         )
+        self._store.insert(hit, self._limits)
         return views.SubmitResponse(
             backtest_id=job.id, status=entry.status, cached=True, error=error
         )
@@ -307,7 +342,8 @@ class BacktestService:
         Raises:
             NotFound: no such job for this tenant.
         """
-        return views.status_view(self._job(tenant, backtest_id), full=full)
+        job = self._job(tenant, backtest_id)
+        return views.status_view(job, self._result_view(job, full=full))
 
     def list_backtests(
         self,
@@ -354,25 +390,65 @@ class BacktestService:
         """
         name = None if chart is None else _chart_name(chart)
         job = self._job(tenant, backtest_id)
-        if job.result_json is not None and name is not None:
-            result = BacktestResult.model_validate_json(job.result_json)
-            return views.result_view(result, cached=job.cached, full=full, chart=name)
-        view = views.job_result_view(job, full=full)
-        return views.status_view(job) if view is None else view
+        view = self._result_view(job, full=full)
+        if view is None:
+            return views.status_view(job, None)
+        if name is not None:
+            view = view.model_copy(update={"chart": self._series(job, name, full=full)})
+        return view
 
-    def _result(self, tenant: str, backtest_id: Any) -> BacktestResult:
+    def _result_view(self, job: Job, *, full: bool) -> views.ResultView | None:
+        """The job's result as tools show it: the summary stored beside it (a few KiB,
+        whatever the result's size), or the whole of it with `full`."""
+        if job.result_digest is None:
+            return None
+        if not full:
+            return self._results.summary(job.result_digest, job.id, job.cached)
+        return views.result_view(self._whole(job), cached=job.cached, full=True)
+
+    def _whole(self, job: Job) -> BacktestResult:
+        """The whole result, if it is small enough to answer in one piece.
+
+        Raises:
+            InvalidRequest: it is larger than `max_full_read_bytes`.
+        """
+        assert job.result_digest is not None
+        size = self._results.size(job.result_digest)
+        if size > self.settings.max_full_read_bytes:
+            raise InvalidRequest(
+                "full",
+                f"the whole result is {size} bytes, more than the "
+                f"{self.settings.max_full_read_bytes} one answer may carry: page the trades with"
+                f" read_backtest_orders and read the series from backtest://{job.id}/equity.csv",
+            )
+        return self._results.result(job.result_digest, job.id)
+
+    def _series(self, job: Job, name: views.ChartName, *, full: bool) -> views.ChartSeries:
+        """The series as an answer carries it: whole with `full`, else cut to a summary."""
+        assert job.result_digest is not None
+        if full:
+            return views.chart_series(self._whole(job), name, max_points=None)
+        stored = self._results.series(job.result_digest, job.id, name)
+        return views.cut_series(stored, views.INLINE_EQUITY_POINTS)
+
+    def _completed(self, tenant: str, backtest_id: Any) -> Job:
+        """The tenant's job, which must have a result.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            InvalidRequest: the job has no result.
+        """
         job = self._job(tenant, backtest_id)
-        result = views.load_result(job)
-        if result is None:
+        if job.result_digest is None:
             error = views.load_error(job)
             why = f"it is {job.status.value}" + (f" ({error.type.value})" if error else "")
             raise InvalidRequest("backtest_id", f"{job.id} has no result: {why}")
-        return result
+        return job
 
     def orders(
         self, tenant: str, backtest_id: Any, *, start: Any = 0, end: Any = 100
     ) -> views.OrdersResponse:
-        """A page of the trade log: entries start <= i < end.
+        """A page of the trade log: entries start <= i < end, read from the stored index.
 
         Raises:
             NotFound: no such job for this tenant.
@@ -385,34 +461,41 @@ class BacktestService:
             raise InvalidRequest("end", "must be >= start")
         if end - start > views.ORDERS_PAGE_MAX:
             raise InvalidRequest("end", f"a page holds at most {views.ORDERS_PAGE_MAX} orders")
-        trades = self._result(tenant, backtest_id).trade_log
-        page = trades[start:end]
+        job = self._completed(tenant, backtest_id)
+        assert job.result_digest is not None
+        page, total = self._results.trades(job.result_digest, start, end)
         stop = start + len(page)
         return views.OrdersResponse(
-            backtest_id=backtest_id,
+            backtest_id=job.id,
             orders=page,
-            total=len(trades),
+            total=total,
             start=start,
             end=stop,
-            next_start=stop if stop < len(trades) else None,
+            next_start=stop if stop < total else None,
         )
 
     def chart(
-        self, tenant: str, backtest_id: Any, name: str, *, full: bool = False, draw_points: int
+        self, tenant: str, backtest_id: Any, name: str, *, full: bool = False
     ) -> tuple[views.ChartSeries, views.ChartSeries]:
-        """The named series (cut down unless `full`), and the same cut to `draw_points` for a
-        picture of it.
+        """The named series as an answer carries it (`_series`), and the one to draw: the
+        stored reduction (`results.SERIES_POINTS` points, what a picture needs).
 
         Raises:
             NotFound: no such job for this tenant.
-            InvalidRequest: `name` names no chart, or the job has no result.
+            InvalidRequest: `name` names no chart, the job has no result, or `full` asks for
+                more than `max_full_read_bytes`.
         """
         chart = _chart_name(name, field="name")
-        result = self._result(tenant, backtest_id)
-        series = views.chart_series(
-            result, chart, max_points=None if full else views.INLINE_EQUITY_POINTS
-        )
-        return series, views.chart_series(result, chart, max_points=draw_points)
+        job = self._completed(tenant, backtest_id)
+        assert job.result_digest is not None
+        drawn = self._results.series(job.result_digest, job.id, chart)
+        return self._series(job, chart, full=full), drawn
+
+    def equity_csv(self, tenant: str, backtest_id: Any) -> str:
+        """The whole equity curve as CSV."""
+        job = self._completed(tenant, backtest_id)
+        assert job.result_digest is not None
+        return self._results.equity_csv(job.result_digest)
 
     def stats(self, tenant: str) -> views.QueueStats:
         """The tenant's jobs by status, and the server's worker slots."""
@@ -466,12 +549,15 @@ class BacktestService:
         code = self._code_for_audit(tenant, backtest_id)
         try:
             job = self.summary(tenant, backtest_id)
-            before = self._store.delete(tenant, job.id)
-            if before is None:
+            deleted = self._store.delete(tenant, job.id)
+            if deleted is None:
                 raise NotFound(job.id)
         except NotFound:
             audit.record("delete", tenant, backtest_id, code, status="not_found")
             raise
+        before, unreferenced = deleted
+        for digest in unreferenced:
+            self._results.remove(digest)
         if before is JobStatus.RUNNING:
             self._scheduler.cancel(job.id)
         audit.record("delete", tenant, job.id, code, before=before.value, status="deleted")
@@ -485,24 +571,6 @@ class BacktestService:
         return "-" if code is None else audit.code_sha256(code)
 
 
-def _rebrand(stored: str | None, backtest_id: str) -> str | None:
-    """A cached result (or its view) under the id of the job that now holds it.
-
-    On the parsed JSON, not the model: the stored text was validated when it was written,
-    and a whole result is slow to validate again.
-
-    Raises:
-        ValueError: the stored text is not a JSON object.
-    """
-    if stored is None:
-        return None
-    data = json.loads(stored)
-    if not isinstance(data, dict):
-        raise ValueError("a cached result must be a JSON object")
-    data["backtest_id"] = backtest_id
-    return json.dumps(data, separators=(",", ":"))
-
-
 def _chart_name(value: str, *, field: str = "chart") -> views.ChartName:
     if value == "equity":
         return "equity"
@@ -513,3 +581,29 @@ def _chart_name(value: str, *, field: str = "chart") -> views.ChartName:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+class _Every:
+    """Calls `action` every `seconds` on a daemon thread until stopped; a failure is logged
+    and the next call comes as planned."""
+
+    def __init__(self, seconds: float, action: Callable[[], None]) -> None:
+        self._seconds = seconds
+        self._action = action
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self._seconds):
+            try:
+                self._action()
+            except Exception:  # top of a thread: upkeep must not die for good on one fault
+                logger.exception("storage upkeep failed; it runs again later")

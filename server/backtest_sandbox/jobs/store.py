@@ -23,7 +23,7 @@ from typing import Any
 from backtest_sandbox.domain.errors import QuotaExceeded
 from backtest_sandbox.domain.models import JobStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000  # a writer holds the lock for milliseconds; waiting beats failing
 
 _SCHEMA = """
@@ -46,22 +46,32 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress_total INTEGER,
     progress_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,  -- times a worker started it
-    result_json TEXT,
-    view_json TEXT,  -- the result cut down for tool output, made once when it is stored
-    error_json TEXT
+    result_json TEXT,  -- version 1 only: results now live in files (results.py)
+    view_json TEXT,  -- version 1 only
+    error_json TEXT,
+    result_digest TEXT  -- the result's directory under <state dir>/results
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_tenant_status ON jobs (tenant, status);  -- quotas
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_cache_key ON jobs (cache_key);
-CREATE TABLE IF NOT EXISTS cache (
-    key TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    result_json TEXT,
-    view_json TEXT,
-    error_json TEXT,
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);  -- retention
+CREATE TABLE IF NOT EXISTS results (
+    digest TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,  -- whose storage it counts against
+    bytes INTEGER NOT NULL,
+    refs INTEGER NOT NULL,  -- jobs and cache entries that point at it; 0: removed
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS results_by_tenant ON results (tenant);
+CREATE TABLE IF NOT EXISTS outcomes (  -- the result cache: one row per cache key
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    result_digest TEXT,
+    error_json TEXT,
+    used_at REAL NOT NULL  -- the least recently used go first when the cache is full
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_use ON outcomes (used_at);
 CREATE TABLE IF NOT EXISTS tenants (
     tenant TEXT PRIMARY KEY,
     last_claim INTEGER NOT NULL  -- order of the tenant's latest claim: least recently served first
@@ -78,7 +88,7 @@ _SUMMARY_COLUMNS = (
     "seq, id, tenant, status, language, symbol, timeframe, cached, created_at, started_at, "
     "finished_at, progress_done, progress_total, progress_at, attempts, error_json"
 )
-_JOB_COLUMNS = f"{_SUMMARY_COLUMNS}, code, config_json, cache_key, result_json, view_json"
+_JOB_COLUMNS = f"{_SUMMARY_COLUMNS}, code, config_json, cache_key, result_digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +120,7 @@ class Job(JobSummary):
     code: str
     config_json: str
     cache_key: str | None
-    result_json: str | None
-    view_json: str | None
+    result_digest: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +137,7 @@ class NewJob:
     cache_key: str | None = None
     status: JobStatus = JobStatus.QUEUED
     cached: bool = False
-    result_json: str | None = None
-    view_json: str | None = None
+    result_digest: str | None = None  # a cache hit's stored result
     error_json: str | None = None
 
 
@@ -138,9 +146,26 @@ class CacheEntry:
     """A stored terminal outcome: completed with a result, or a deterministic failure."""
 
     status: JobStatus
-    result_json: str | None
-    view_json: str | None
+    result_digest: str | None
     error_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A result written to the results directory, to be referenced by a row."""
+
+    digest: str
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one tenant may keep and the cache may hold (the settings' values)."""
+
+    max_queued: int | None = None
+    max_stored_jobs: int | None = None
+    max_stored_bytes: int | None = None
+    cache_max_entries: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +216,7 @@ def _job(row: sqlite3.Row) -> Job:
         code=row["code"],
         config_json=row["config_json"],
         cache_key=row["cache_key"],
-        result_json=row["result_json"],
-        view_json=row["view_json"],
+        result_digest=row["result_digest"],
     )
 
 
@@ -221,6 +245,10 @@ class JobStore:
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
                     f"{path}: schema version {version} is newer than this server ({SCHEMA_VERSION})"
+                )
+            if version == 1:  # results move to files; the cache starts empty (it is a cache)
+                conn.executescript(
+                    "ALTER TABLE jobs ADD COLUMN result_digest TEXT; DROP TABLE IF EXISTS cache;"
                 )
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -294,36 +322,26 @@ class JobStore:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def insert(self, job: NewJob, *, max_queued: int | None = None) -> Job:
-        """Insert one job; a cache hit also counts towards the tenant's `cache_hits`.
+    def insert(self, job: NewJob, limits: Limits | None = None) -> Job:
+        """Insert one job; a cache hit refers to its stored result and counts as a hit.
 
-        With `max_queued`, a queued job is refused when its tenant already has that many
-        queued: counted in the same transaction, so concurrent submissions cannot overshoot.
+        The tenant's quotas of `limits` are counted in the same transaction, so concurrent
+        submissions cannot overshoot them: queued jobs (for a queued job), and stored jobs
+        and bytes (for every job, cache hits included).
 
         Raises:
-            QuotaExceeded: the tenant's queue is full (rule `tenant_max_queued`).
+            QuotaExceeded: a quota is full; the rule names its setting.
             sqlite3.IntegrityError: the id is already taken.
         """
+        limits = limits or Limits()
         now = self._clock()
         finished = now if job.status.is_terminal else None
         with self._transaction() as conn:
-            if max_queued is not None and job.status is JobStatus.QUEUED:
-                (queued,) = conn.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status = 'queued'",
-                    (job.tenant,),
-                ).fetchone()
-                if queued >= max_queued:
-                    raise QuotaExceeded(
-                        "tenant_max_queued",
-                        f"{queued} of your backtests are queued, the most a tenant may have"
-                        " waiting; cancel some or wait until they start",
-                        limit=max_queued,
-                        current=queued,
-                    )
+            self._check_quotas(conn, job, limits)
             conn.execute(
                 "INSERT INTO jobs (id, tenant, status, language, code, config_json, cache_key,"
-                " cached, symbol, timeframe, created_at, finished_at, result_json, view_json,"
-                " error_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cached, symbol, timeframe, created_at, finished_at, result_digest,"
+                " error_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.tenant,
@@ -337,15 +355,58 @@ class JobStore:
                     job.timeframe,
                     now,
                     finished,
-                    job.result_json,
-                    job.view_json,
+                    job.result_digest,
                     job.error_json,
                 ),
             )
+            if job.result_digest is not None:
+                conn.execute(
+                    "UPDATE results SET refs = refs + 1 WHERE digest = ?", (job.result_digest,)
+                )
             if job.cached:
                 self._bump(conn, job.tenant, "cache_hits")
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job.id,))
             return _job(row.fetchone())
+
+    @staticmethod
+    def _check_quotas(conn: sqlite3.Connection, job: NewJob, limits: Limits) -> None:
+        if limits.max_queued is not None and job.status is JobStatus.QUEUED:
+            (queued,) = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status = 'queued'",
+                (job.tenant,),
+            ).fetchone()
+            if queued >= limits.max_queued:
+                raise QuotaExceeded(
+                    "tenant_max_queued",
+                    f"{queued} of your backtests are queued, the most a tenant may have"
+                    " waiting; cancel some or wait until they start",
+                    limit=limits.max_queued,
+                    current=queued,
+                )
+        if limits.max_stored_jobs is not None:
+            (stored,) = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ?", (job.tenant,)
+            ).fetchone()
+            if stored >= limits.max_stored_jobs:
+                raise QuotaExceeded(
+                    "tenant_max_stored_jobs",
+                    f"you keep {stored} backtests, the most a tenant may keep; delete some"
+                    " (delete_backtest) or wait for the retention period to remove old ones",
+                    limit=limits.max_stored_jobs,
+                    current=stored,
+                )
+        if limits.max_stored_bytes is not None:
+            (used,) = conn.execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM results WHERE tenant = ?", (job.tenant,)
+            ).fetchone()
+            if used >= limits.max_stored_bytes:
+                raise QuotaExceeded(
+                    "tenant_max_stored_bytes",
+                    f"your stored results take {used} bytes, the most a tenant may keep;"
+                    " delete some backtests (delete_backtest)",
+                    limit=limits.max_stored_bytes,
+                    current=used,
+                )
 
     def get(self, tenant: str, job_id: str) -> Job | None:
         """The job, or None when it does not exist or belongs to another tenant."""
@@ -440,31 +501,96 @@ class JobStore:
         job_id: str,
         status: JobStatus,
         *,
-        result_json: str | None = None,
-        view_json: str | None = None,
+        result: StoredResult | None = None,
         error_json: str | None = None,
         cache_key: str | None = None,
-    ) -> bool:
+        cache_max_entries: int | None = None,
+    ) -> tuple[bool, list[str]]:
         """Record a running job's terminal outcome, and cache it under `cache_key` if given.
 
-        Returns False, changing nothing, when the job is no longer running: it was cancelled
-        or deleted while the engine ran, and that decision stands.
+        The result was written to its files before (outside this short transaction); here it
+        only gains its references. Returns whether the outcome was recorded (not when the job
+        is no longer running: cancelled or deleted meanwhile, and that decision stands), and
+        the digests of results nothing refers to any more, for the caller to remove.
         """
         now = self._clock()
         with self._transaction() as conn:
-            updated = conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, result_json = ?, view_json = ?,"
-                " error_json = ? WHERE id = ? AND status = 'running'",
-                (status.value, now, result_json, view_json, error_json, job_id),
-            ).rowcount
-            if updated and cache_key is not None:
+            row = conn.execute("SELECT tenant FROM jobs WHERE id = ? AND status = 'running'",
+                               (job_id,)).fetchone()
+            if row is None:
+                orphans = [] if result is None else self._unreferenced(conn, [result.digest])
+                return False, orphans
+            if result is not None:
                 conn.execute(
-                    "INSERT OR REPLACE INTO cache"
-                    " (key, status, result_json, view_json, error_json, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (cache_key, status.value, result_json, view_json, error_json, now),
+                    "INSERT INTO results (digest, tenant, bytes, refs, created_at)"
+                    " VALUES (?, ?, ?, 0, ?) ON CONFLICT (digest) DO NOTHING",
+                    (result.digest, row["tenant"], result.bytes, now),
                 )
-            return bool(updated)
+            digest = None if result is None else result.digest
+            conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, result_digest = ?, error_json = ?"
+                " WHERE id = ?",
+                (status.value, now, digest, error_json, job_id),
+            )
+            self._ref(conn, digest, +1)
+            evicted: list[str] = []
+            if cache_key is not None:
+                evicted = self._cache_put(
+                    conn, cache_key, status, digest, error_json, now, cache_max_entries
+                )
+            return True, self._unreferenced(conn, evicted)
+
+    def _cache_put(
+        self,
+        conn: sqlite3.Connection,
+        key: str,
+        status: JobStatus,
+        digest: str | None,
+        error_json: str | None,
+        now: float,
+        max_entries: int | None,
+    ) -> list[str]:
+        """Cache an outcome (a reference to its result); evict the least recently used
+        beyond `max_entries`. The digests that lost a reference."""
+        released = self._cache_drop(conn, "key = ?", (key,))
+        conn.execute(
+            "INSERT INTO outcomes (key, status, result_digest, error_json, used_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key, status.value, digest, error_json, now),
+        )
+        self._ref(conn, digest, +1)
+        if max_entries is not None:
+            released += self._cache_drop(
+                conn,
+                "key IN (SELECT key FROM outcomes ORDER BY used_at DESC LIMIT -1 OFFSET ?)",
+                (max_entries,),
+            )
+        return released
+
+    def _cache_drop(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[str]:
+        rows = conn.execute(f"SELECT result_digest FROM outcomes WHERE {where}", args).fetchall()
+        conn.execute(f"DELETE FROM outcomes WHERE {where}", args)
+        digests = [row["result_digest"] for row in rows if row["result_digest"] is not None]
+        for digest in digests:
+            self._ref(conn, digest, -1)
+        return digests
+
+    @staticmethod
+    def _ref(conn: sqlite3.Connection, digest: str | None, delta: int) -> None:
+        if digest is not None:
+            conn.execute("UPDATE results SET refs = refs + ? WHERE digest = ?", (delta, digest))
+
+    @staticmethod
+    def _unreferenced(conn: sqlite3.Connection, digests: list[str]) -> list[str]:
+        """Of `digests`, those no row refers to any more: their rows go, their files are the
+        caller's to remove (after the commit)."""
+        gone = []
+        for digest in set(digests):
+            row = conn.execute("SELECT refs FROM results WHERE digest = ?", (digest,)).fetchone()
+            if row is None or row["refs"] <= 0:
+                conn.execute("DELETE FROM results WHERE digest = ?", (digest,))
+                gone.append(digest)
+        return gone
 
     def requeue(self, job_id: str) -> bool:
         """Put a running job back in the queue without counting the attempt (a clean stop)."""
@@ -499,28 +625,78 @@ class JobStore:
             )
             return before, JobStatus.CANCELLED
 
-    def delete(self, tenant: str, job_id: str) -> JobStatus | None:
-        """Delete the tenant's job; return its status before, or None when not found.
+    def delete(self, tenant: str, job_id: str) -> tuple[JobStatus, list[str]] | None:
+        """Delete the tenant's job; its status before and the result digests nothing refers
+        to any more (the caller removes their files), or None when not found.
 
-        Its cached outcome goes too when no other job refers to it: deleting a backtest
-        forgets its result.
+        Its cached outcome goes too: deleting a backtest forgets its result.
         """
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT status, cache_key FROM jobs WHERE id = ? AND tenant = ?",
+                "SELECT status, cache_key, result_digest FROM jobs WHERE id = ? AND tenant = ?",
                 (job_id, tenant),
             ).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            released = [] if row["result_digest"] is None else [row["result_digest"]]
+            self._ref(conn, row["result_digest"], -1)
             key = row["cache_key"]
             if key is not None:
-                conn.execute(
-                    "DELETE FROM cache WHERE key = ?"
-                    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE cache_key = ?)",
+                released += self._cache_drop(
+                    conn,
+                    "key = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE cache_key = ?)",
                     (key, key),
                 )
-            return JobStatus(row["status"])
+            return JobStatus(row["status"]), self._unreferenced(conn, released)
+
+    def purge(self, finished_before: float, batch: int = 500) -> tuple[int, list[str]]:
+        """Delete up to `batch` terminal jobs that finished before `finished_before` (the
+        retention period); how many, and the result digests nothing refers to any more."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, result_digest FROM jobs WHERE finished_at < ?"
+                " AND status IN ('completed', 'failed', 'cancelled') LIMIT ?",
+                (finished_before, batch),
+            ).fetchall()
+            released = []
+            for row in rows:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
+                if row["result_digest"] is not None:
+                    self._ref(conn, row["result_digest"], -1)
+                    released.append(row["result_digest"])
+            released += self._cache_drop(conn, "used_at < ?", (finished_before,))
+            return len(rows), self._unreferenced(conn, released)
+
+    def result_digests(self) -> set[str]:
+        """Every result digest a row refers to."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT digest FROM results").fetchall()
+        return {row["digest"] for row in rows}
+
+    def legacy_results(self, limit: int = 50) -> list[tuple[str, str]]:
+        """(job id, result JSON) of results a version 1 store kept in its rows."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, result_json FROM jobs WHERE result_json IS NOT NULL LIMIT ?", (limit,)
+            ).fetchall()
+        return [(row["id"], row["result_json"]) for row in rows]
+
+    def adopt_legacy(self, job_id: str, result: StoredResult) -> None:
+        """Point a version 1 job at its result's files, and drop the copy in its row."""
+        with self._transaction() as conn:
+            tenant = conn.execute("SELECT tenant FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            conn.execute(
+                "INSERT INTO results (digest, tenant, bytes, refs, created_at)"
+                " VALUES (?, ?, ?, 0, ?) ON CONFLICT (digest) DO NOTHING",
+                (result.digest, tenant, result.bytes, self._clock()),
+            )
+            conn.execute(
+                "UPDATE jobs SET result_digest = ?, result_json = NULL, view_json = NULL"
+                " WHERE id = ?",
+                (result.digest, job_id),
+            )
+            self._ref(conn, result.digest, +1)
 
     def recover(self, *, max_attempts: int, give_up_error_json: str) -> Recovery:
         """Account for every job a killed process left behind, in one transaction.
@@ -545,16 +721,16 @@ class JobStore:
     # -- cache and counters ------------------------------------------------------------------
 
     def cache_get(self, key: str) -> CacheEntry | None:
-        with self._connection() as conn:
+        """The cached outcome under `key`, marked as used now (it is evicted last)."""
+        with self._transaction() as conn:
             row = conn.execute(
-                "SELECT status, result_json, view_json, error_json FROM cache WHERE key = ?",
-                (key,),
+                "SELECT status, result_digest, error_json FROM outcomes WHERE key = ?", (key,)
             ).fetchone()
+            if row is not None:
+                conn.execute("UPDATE outcomes SET used_at = ? WHERE key = ?", (self._clock(), key))
         if row is None:
             return None
-        return CacheEntry(
-            JobStatus(row["status"]), row["result_json"], row["view_json"], row["error_json"]
-        )
+        return CacheEntry(JobStatus(row["status"]), row["result_digest"], row["error_json"])
 
     @staticmethod
     def _bump(conn: sqlite3.Connection, tenant: str, name: str) -> None:

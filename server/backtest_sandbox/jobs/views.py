@@ -25,11 +25,12 @@ from backtest_sandbox.domain.models import (
     RunError,
 )
 
-from .store import Job, JobSummary
+from .store import JobSummary
 
-INLINE_EQUITY_POINTS = 500
-INLINE_TRADES = 20
-INLINE_LOG_CHARS = 4000
+# What a status answer carries of a result (docs/interface.md section 12): under 16 KiB.
+INLINE_EQUITY_POINTS = 100
+INLINE_TRADES = 20  # the last ones
+INLINE_LOG_CHARS = 2000  # the tail
 ORDERS_PAGE_MAX = 500
 
 ChartName = Literal["equity", "drawdown"]
@@ -191,6 +192,14 @@ def chart_series(result: BacktestResult, name: ChartName, *, max_points: int | N
     )
 
 
+def cut_series(series: ChartSeries, max_points: int) -> ChartSeries:
+    """`series` downsampled further; `points_total` still counts the whole series."""
+    points = downsample(series.points, max_points)
+    return series.model_copy(
+        update={"points": points, "downsampled": len(points) < series.points_total}
+    )
+
+
 # -- builders --------------------------------------------------------------------------------
 
 
@@ -230,7 +239,7 @@ def result_view(
 ) -> ResultView:
     """A result as tools return it: cut to `INLINE_*` sizes unless `full`."""
     curve = result.equity_curve if full else downsample(result.equity_curve, INLINE_EQUITY_POINTS)
-    trades = result.trade_log if full else result.trade_log[:INLINE_TRADES]
+    trades = result.trade_log if full else result.trade_log[-INLINE_TRADES:]
     logs = (
         result.logs
         if full or len(result.logs) <= INLINE_LOG_CHARS
@@ -259,33 +268,17 @@ def result_view(
     )
 
 
-def load_result(job: Job) -> BacktestResult | None:
-    return None if job.result_json is None else BacktestResult.model_validate_json(job.result_json)
-
-
 def load_error(job: JobSummary) -> RunError | None:
     return None if job.error_json is None else RunError.model_validate_json(job.error_json)
 
 
-def job_result_view(job: Job, *, full: bool = False) -> ResultView | None:
-    """The job's result as tools show it, from the view made when it was stored unless `full`
-    (reading a whole result is slow for long series)."""
-    if job.result_json is None:
-        return None
-    if full or job.view_json is None:
-        result = BacktestResult.model_validate_json(job.result_json)
-        return result_view(result, cached=job.cached, full=full)
-    view = ResultView.model_validate_json(job.view_json)
-    return view.model_copy(update={"cached": job.cached})
-
-
-def status_view(job: Job, *, full: bool = False) -> StatusResponse:
+def status_view(job: JobSummary, result: ResultView | None) -> StatusResponse:
     return StatusResponse(
         backtest_id=job.id,
         status=job.status,
         progress_percent=progress_percent(job),
         estimated_completion=estimated_completion(job),
-        result=job_result_view(job, full=full),
+        result=result,
         error=load_error(job),
         cached=job.cached,
         language=job.language,
