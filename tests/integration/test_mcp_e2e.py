@@ -255,7 +255,7 @@ async def test_an_invalid_config_is_a_tool_error_naming_the_field(http_server: A
             client, "run_backtest", code_content=SMA_CROSS, config=CONFIG | {"commission": -1}
         )
         assert message == (
-            "Error executing tool run_backtest: config.commission: "
+            "config.commission: "
             "Input should be greater than or equal to 0"
         )
         assert (await call(client, "get_queue_stats"))["total"] == 0

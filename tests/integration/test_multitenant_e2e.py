@@ -187,7 +187,7 @@ async def test_a_tenant_sees_nothing_of_another(serve: Callable[..., Server]) ->
                 unknown = await error(b, tool, backtest_id=UNKNOWN_ID, **extra)
                 assert foreign == unknown.replace(UNKNOWN_ID, backtest_id)
                 assert foreign == (
-                    f"Error executing tool {tool}: backtest_id: no backtest {backtest_id!r}"
+                    f"backtest_id: no backtest {backtest_id!r}"
                 )
         assert await call(b, "list_backtests") == {"backtests": [], "next_cursor": None}
         assert (await call(b, "get_queue_stats"))["total"] == 0
@@ -237,7 +237,7 @@ async def test_the_queued_quota(serve: Callable[..., Server]) -> None:
         queued = [await submit(a, short(f"queued {n}")) for n in range(3)]
         message = await error(a, "run_backtest", code_content=short("one more"), config=CONFIG)
         assert message == (
-            "Error executing tool run_backtest: tenant_max_queued: 3 of your backtests are "
+            "tenant_max_queued: 3 of your backtests are "
             "queued, the most a tenant may have waiting; cancel some or wait until they start"
         )
         stats = await call(a, "get_queue_stats")

@@ -35,6 +35,7 @@ TOOLS = {
     "cancel_backtest",
     "delete_backtest",
     "get_queue_stats",
+    "list_data",
 }
 
 
@@ -86,6 +87,7 @@ async def test_the_tools_and_resources_of_the_contract(client: Client) -> None:
     assert {str(r.uri) for r in resources.resources} == {
         "backtest://config",
         "resources/backtest-config",
+        "data://catalog",
     }
     texts = []
     for uri in ("backtest://config", "resources/backtest-config"):
@@ -275,7 +277,7 @@ async def test_wait_without_a_progress_token_still_waits(client: Client) -> None
 async def test_a_bad_argument_is_a_tool_error_naming_the_field(
     client: Client, tool: str, arguments: dict[str, Any], message: str
 ) -> None:
-    assert await error(client, tool, **arguments) == f"Error executing tool {tool}: {message}"
+    assert await error(client, tool, **arguments) == message
     stats = await call(client, "get_queue_stats")
     assert stats["total"] == 0
 
@@ -341,13 +343,9 @@ async def test_a_result_that_does_not_exist_yet(client: Client, engine: FakeEngi
     submitted = await call(client, "run_backtest", code_content=BLOCK, config=config())
     backtest_id = submitted["backtest_id"]
     await until(client, backtest_id, "running")
-    read = await call(client, "read_backtest", backtest_id=backtest_id)
-    assert read["status"] == "running" and read["result"] is None
-    message = await error(client, "read_backtest_orders", backtest_id=backtest_id)
-    assert message == (
-        f"Error executing tool read_backtest_orders: backtest_id: {backtest_id} has no result: "
-        "it is running"
-    )
+    for tool in ("read_backtest", "read_backtest_orders"):
+        message = await error(client, tool, backtest_id=backtest_id)
+        assert message == f"backtest_id: {backtest_id} has no result: it is running"
 
 
 async def test_cancel_and_delete(client: Client, engine: FakeEngine) -> None:
@@ -364,7 +362,7 @@ async def test_cancel_and_delete(client: Client, engine: FakeEngine) -> None:
     assert deleted == {"backtest_id": running, "deleted": True}
     message = await error(client, "get_backtest_status", backtest_id=running)
     assert (
-        message == f"Error executing tool get_backtest_status: backtest_id: no backtest {running!r}"
+        message == f"backtest_id: no backtest {running!r}"
     )
 
 

@@ -550,13 +550,16 @@ def test_read_cuts_a_large_result_down(service: BacktestService) -> None:
     assert everything.chart is None
 
 
-def test_read_without_a_result_answers_with_the_status(
+def test_read_without_a_result_names_its_status(
     service: BacktestService, engine: FakeEngine
 ) -> None:
     backtest_id = submit(service, BLOCK)
     engine.wait_started(1)
-    view = service.read("local", backtest_id)
-    assert isinstance(view, views.StatusResponse) and view.status is JobStatus.RUNNING
+    with pytest.raises(InvalidRequest) as refused:
+        service.read("local", backtest_id)
+    assert (refused.value.field, refused.value.rule) == (
+        "backtest_id", f"{backtest_id} has no result: it is running"
+    )
 
 
 def test_read_refuses_an_unknown_chart(service: BacktestService) -> None:

@@ -525,7 +525,7 @@ async def test_each_request_acts_for_its_tokens_tenant(live: LiveServer) -> None
             foreign = await error(b, tool, backtest_id=mine, **extra)
             missing = await error(b, tool, backtest_id=unknown, **extra)
             assert foreign == missing.replace(unknown, mine)
-            assert foreign == f"Error executing tool {tool}: backtest_id: no backtest {mine!r}"
+            assert foreign == f"backtest_id: no backtest {mine!r}"
         assert (await call(b, "list_backtests"))["backtests"] == []
         assert (await call(a, "get_backtest_status", backtest_id=mine))["backtest_id"] == mine
         again = await call(b, "run_backtest", code_content=CODE, config=config())

@@ -8,23 +8,26 @@ name the field and the rule. Anything else is a crash, and the SDK keeps its tex
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context, Image, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field, WithJsonSchema
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from backtest_sandbox import __version__
 from backtest_sandbox.domain.errors import BacktestSandboxError
@@ -35,6 +38,7 @@ from backtest_sandbox.jobs.audit import AUDIT_LOGGER
 from backtest_sandbox.jobs.engine import Engine
 from backtest_sandbox.jobs.service import BacktestService
 from backtest_sandbox.jobs.store import JobSummary
+from backtest_sandbox.jobs.views import Catalog
 
 from . import http_auth
 from .charts import render_chart
@@ -44,6 +48,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 CONFIG_URIS = ("backtest://config", "resources/backtest-config")
 WAIT_POLL_SECONDS = 0.25
+HEAVY_READS_PER_TENANT = 1  # charts drawn at once for one tenant
 MAX_WAIT_SECONDS = 3600.0  # a waiting call returns the current status after this long
 
 P = ParamSpec("P")
@@ -104,19 +109,66 @@ def _chart_schema(description: str) -> dict[str, Any]:
     return {"type": "string", "enum": ["equity", "drawdown"], "description": description}
 
 
+# docs/interface.md section 12: what each tool may do, for clients that ask users to confirm.
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+SUBMITS = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+CANCELS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+)
+
+
+class Refused(ToolError):
+    """One of our errors, as a tool error that also carries its structured data."""
+
+    def __init__(self, error: BacktestSandboxError) -> None:
+        super().__init__(str(error))
+        self.data = error.data()
+
+    def result(self) -> CallToolResult:
+        return CallToolResult(
+            content=[TextContent(text=str(self))], structured_content=self.data, is_error=True
+        )
 
 
 async def _call(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run a blocking service call on a worker thread; our errors become `ToolError`s.
+    """Run a blocking service call on a worker thread; our errors become `Refused`.
 
     Raises:
-        ToolError: the service refused the call (invalid argument, unknown id, sandbox fault).
+        Refused: the service refused the call (invalid argument, unknown id, sandbox fault).
     """
     try:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
     except BacktestSandboxError as e:
-        raise ToolError(str(e)) from e
+        raise Refused(e) from e
+
+
+def answers(model: type[BaseModel]) -> Callable[[Callable[P, Awaitable[Any]]], Any]:
+    """Declare a tool's output schema as `model` and answer with structured content.
+
+    The tool returns a `model` (or a CallToolResult whose structured content is one); a
+    `Refused` becomes an error result whose structured content is `{type, field, rule}`.
+    """
+
+    def wrap(fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[CallToolResult]]:
+        @functools.wraps(fn)
+        async def tool(*args: P.args, **kwargs: P.kwargs) -> CallToolResult:
+            try:
+                answer = await fn(*args, **kwargs)
+            except Refused as e:
+                return e.result()
+            if isinstance(answer, CallToolResult):
+                return answer
+            data = answer.model_dump(mode="json")
+            text = TextContent(text=json.dumps(data))
+            return CallToolResult(content=[text], structured_content=data)
+
+        signature = inspect.signature(fn, eval_str=True)
+        tool.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=Annotated[CallToolResult, model]
+        )
+        return tool
+
+    return wrap
 
 
 def _progress_message(job: JobSummary) -> str:
@@ -158,17 +210,21 @@ def build_server(
     tool runs) and the tenant comes from the verified token instead.
     """
     tokens = None if access is None else access.tokens
+    updates = StatusUpdates()
+    service.add_listener(updates.changed)
     mcp: MCPServer[Any] = MCPServer(
         "backtest-sandbox",
         version=__version__,
         instructions=INSTRUCTIONS,
         token_verifier=tokens,
         auth=None if access is None else access.auth_settings(),
+        subscriptions=updates,
     )
     if access is not None:
         tenant_of = access.tenant_of
     _add_job_tools(mcp, service, tenant_of)
     _add_result_tools(mcp, service, tenant_of)
+    _add_backtest_resources(mcp, service, tenant_of)
     _add_config_resources(mcp, service.settings)
     return mcp
 
@@ -178,7 +234,8 @@ def _add_job_tools(
 ) -> None:
     """Submit, status, list, cancel, delete, stats."""
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False))
+    @mcp.tool(annotations=SUBMITS)
+    @answers(views.StatusResponse)
     async def run_backtest(
         code_content: Annotated[str, Field(description="The strategy's Python source.")],
         config: ConfigArg,
@@ -199,14 +256,17 @@ def _add_job_tools(
         return await _call(service.status, tenant, submitted.backtest_id)
 
     @mcp.tool(annotations=READ_ONLY)
+    @answers(views.StatusResponse)
     async def get_backtest_status(
         backtest_id: BacktestId, ctx: Context[Any, Any], full: Full = False
     ) -> views.StatusResponse:
-        """Status, progress_percent and estimated_completion of a backtest; its result
-        (cut down unless full=true) once completed, or its error once failed."""
+        """Status, progress_percent and estimated_completion of a backtest; once completed, a
+        summary of its result an agent can read every time (every metric, the last trades,
+        the equity curve cut to 100 points; full=true for all of it), or its error."""
         return await _call(service.status, tenant_of(ctx), backtest_id, full=full)
 
     @mcp.tool(annotations=READ_ONLY)
+    @answers(views.ListResponse)
     async def list_backtests(
         ctx: Context[Any, Any],
         status: StatusArg = None,
@@ -220,14 +280,16 @@ def _add_job_tools(
             service.list_backtests, tenant_of(ctx), status=status, limit=limit, cursor=cursor
         )
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True))
+    @mcp.tool(annotations=CANCELS)
+    @answers(views.CancelResponse)
     async def cancel_backtest(
         backtest_id: BacktestId, ctx: Context[Any, Any]
     ) -> views.CancelResponse:
         """Cancel a queued or running backtest; a running container is killed at once."""
         return await _call(service.cancel, tenant_of(ctx), backtest_id)
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True))
+    @mcp.tool(annotations=CANCELS)
+    @answers(views.DeleteResponse)
     async def delete_backtest(
         backtest_id: BacktestId, ctx: Context[Any, Any]
     ) -> views.DeleteResponse:
@@ -235,9 +297,17 @@ def _add_job_tools(
         return await _call(service.delete, tenant_of(ctx), backtest_id)
 
     @mcp.tool(annotations=READ_ONLY)
+    @answers(views.QueueStats)
     async def get_queue_stats(ctx: Context[Any, Any]) -> views.QueueStats:
         """Your backtests by status, cache hits and average times; the server's worker slots."""
         return await _call(service.stats, tenant_of(ctx))
+
+    @mcp.tool(annotations=READ_ONLY)
+    @answers(Catalog)
+    async def list_data(ctx: Context[Any, Any]) -> Catalog:
+        """The market data this server has: each symbol and timeframe with its first and last
+        bar and how many; and whether an unknown symbol falls back to synthetic bars."""
+        return await _call(service.catalog)
 
 
 def _add_result_tools(
@@ -246,6 +316,7 @@ def _add_result_tools(
     """Read a result, its trades, its charts."""
 
     @mcp.tool(annotations=READ_ONLY)
+    @answers(views.ResultView)
     async def read_backtest(
         backtest_id: BacktestId,
         ctx: Context[Any, Any],
@@ -257,14 +328,14 @@ def _add_result_tools(
             ),
         ] = None,
         full: Full = False,
-    ) -> dict[str, Any]:
-        """The result of a completed backtest: metrics, equity curve (downsampled to 500
-        points unless full=true), the first trades (page the rest with read_backtest_orders),
-        logs, data and provenance. A backtest without a result answers with its status."""
-        view = await _call(service.read, tenant_of(ctx), backtest_id, chart=chart, full=full)
-        return view.model_dump(mode="json")
+    ) -> views.ResultView:
+        """The result of a completed backtest: metrics, the equity curve (cut to 100 points
+        unless full=true), the last trades (page them all with read_backtest_orders), logs,
+        data and provenance. A backtest without a result yet is an error naming its status."""
+        return await _call(service.read, tenant_of(ctx), backtest_id, chart=chart, full=full)
 
     @mcp.tool(annotations=READ_ONLY)
+    @answers(views.OrdersResponse)
     async def read_backtest_orders(
         backtest_id: BacktestId,
         ctx: Context[Any, Any],
@@ -277,6 +348,7 @@ def _add_result_tools(
         return await _call(service.orders, tenant_of(ctx), backtest_id, start=start, end=end)
 
     @mcp.tool(annotations=READ_ONLY)
+    @answers(views.ChartSeries)
     async def read_backtest_chart(
         backtest_id: BacktestId,
         name: Annotated[str, WithJsonSchema(_chart_schema("Which curve to draw."))],
@@ -285,8 +357,9 @@ def _add_result_tools(
     ) -> CallToolResult:
         """The equity or drawdown curve of a completed backtest: the series as JSON
         (downsampled unless full=true) and the chart as a PNG image."""
-        series, drawn = await _call(service.chart, tenant_of(ctx), backtest_id, name, full=full)
-        png = await _call(render_chart, drawn)
+        tenant = tenant_of(ctx)
+        series, drawn = await _call(service.chart, tenant, backtest_id, name, full=full)
+        png = await _draw(tenant, drawn)
         data = series.model_dump(mode="json")
         return CallToolResult(
             content=[
@@ -295,6 +368,110 @@ def _add_result_tools(
             ],
             structured_content=data,
         )
+
+    async def _draw(tenant: str, series: views.ChartSeries) -> bytes:
+        """A chart, drawn off the event loop, one at a time per tenant (drawing is CPU work:
+        one tenant's burst of charts must not take every core from the others)."""
+        async with _limiter(tenant):
+            return await _call(render_chart, series)
+
+    limiters: dict[str, anyio.Semaphore] = {}
+
+    def _limiter(tenant: str) -> anyio.Semaphore:
+        return limiters.setdefault(tenant, anyio.Semaphore(HEAVY_READS_PER_TENANT))
+
+
+def _add_backtest_resources(
+    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver
+) -> None:
+    """A backtest's status and its series as resources (docs/interface.md section 12)."""
+
+    @mcp.resource(
+        "backtest://{backtest_id}",
+        name="backtest-status",
+        title="A backtest's status (as get_backtest_status answers)",
+        mime_type="application/json",
+    )
+    async def backtest_status(backtest_id: str, ctx: Context[Any, Any]) -> str:
+        status = await _read(service.status, tenant_of(ctx), backtest_id)
+        return status.model_dump_json()
+
+    @mcp.resource(
+        "backtest://{backtest_id}/trades.csv",
+        name="backtest-trades",
+        title="Every closed trade of a completed backtest, as CSV",
+        mime_type="text/csv",
+    )
+    async def backtest_trades(backtest_id: str, ctx: Context[Any, Any]) -> str:
+        return await _read(service.trades_csv, tenant_of(ctx), backtest_id)
+
+    @mcp.resource(
+        "backtest://{backtest_id}/equity.csv",
+        name="backtest-equity",
+        title="The whole equity curve of a completed backtest, as CSV",
+        mime_type="text/csv",
+    )
+    async def backtest_equity(backtest_id: str, ctx: Context[Any, Any]) -> str:
+        return await _read(service.equity_csv, tenant_of(ctx), backtest_id)
+
+    @mcp.resource(
+        "backtest://{backtest_id}/chart/{name}.png",
+        name="backtest-chart",
+        title="The equity or drawdown chart of a completed backtest",
+        mime_type="image/png",
+    )
+    async def backtest_chart(backtest_id: str, name: str, ctx: Context[Any, Any]) -> bytes:
+        _, drawn = await _read(service.chart, tenant_of(ctx), backtest_id, name)
+        return await _read(render_chart, drawn)
+
+    @mcp.resource(
+        "data://catalog",
+        name="data-catalog",
+        title="The market data this server has (as list_data answers)",
+        mime_type="application/json",
+    )
+    async def data_catalog() -> str:
+        catalog = await _read(service.catalog)
+        return catalog.model_dump_json()
+
+
+class StatusUpdates(InMemorySubscriptionBus):
+    """Delivers `backtest://{backtest_id}` updates to clients subscribed to that URI.
+
+    Status changes happen on worker threads; a listen stream lives on the event loop. The
+    loop is the one the first subscriber listened from (with no subscriber there is nobody
+    to tell). A subscription names one URI, and ids are unguessable: a tenant hears only of
+    backtests whose id it was given.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        self._loop = asyncio.get_running_loop()
+        return super().subscribe(listener)
+
+    def changed(self, backtest_id: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        event = ResourceUpdated(uri=f"backtest://{backtest_id}")
+        loop.call_soon_threadsafe(self._publish, event)
+
+    def _publish(self, event: ServerEvent) -> None:
+        task = asyncio.get_running_loop().create_task(self.publish(event))
+        self._pending.add(task)  # a task nobody holds may be collected before it runs
+        task.add_done_callback(self._pending.discard)
+
+
+async def _read(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`_call` for a resource: a refusal is a `ResourceError` with the same message."""
+    try:
+        return await _call(fn, *args, **kwargs)
+    except Refused as e:
+        raise ResourceError(str(e)) from e
 
 
 def _add_config_resources(mcp: MCPServer[Any], settings: Settings) -> None:

@@ -549,6 +549,58 @@ def normalised_csv(frame: pd.DataFrame) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
+# --- what the catalog holds ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One file of the catalog as `list_data` shows it."""
+
+    symbol: str
+    timeframe: str
+    first: str
+    last: str
+    bars: int
+
+
+def datasets(data_dir: Path, known: dict[str, Dataset | None]) -> list[Dataset]:
+    """Every valid bar file of the catalog, by symbol and timeframe.
+
+    `known` maps a file's identity to what it held (None: invalid), and is updated: a file is
+    read only when it is new or changed, so listing costs a few stats once warm. Invalid files
+    are logged and left out.
+    """
+    found: list[Dataset] = []
+    try:
+        symbol_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir())
+    except OSError:
+        return found
+    for symbol_dir in symbol_dirs:
+        for name, path in sorted(_timeframe_files(symbol_dir).items()):
+            stem = name.rsplit(".", 1)[0].upper()
+            if stem not in Timeframe.__members__:
+                continue
+            try:
+                identity = _file_identity(path)
+            except DataError:
+                continue
+            if identity not in known:
+                known[identity] = _describe(path, symbol_dir.name, stem, data_dir)
+            if known[identity] is not None:
+                found.append(known[identity])  # type: ignore[arg-type]
+    return found
+
+
+def _describe(path: Path, symbol: str, timeframe: str, data_dir: Path) -> Dataset | None:
+    try:
+        frame, _ = read_bars(path, name=_relative(path, data_dir))
+    except DataError as e:
+        log.warning("catalog file left out of the listing: %s", e)
+        return None
+    index = pd.DatetimeIndex(frame.index)
+    return Dataset(symbol, timeframe, _iso(index[0]), _iso(index[-1]), len(frame))
+
+
 # --- runs and imports ----------------------------------------------------------------------
 
 

@@ -47,9 +47,17 @@ ERROR_TYPE_MEANINGS: dict[ErrorType, str] = {
 class BacktestSandboxError(Exception):
     """Root of every exception this package raises on purpose."""
 
+    kind = "error"  # `type` in `data()`: what a caller can branch on
+
+    def data(self) -> dict[str, Any]:
+        """The machine-readable form of this error (a tool error's structured content)."""
+        return {"type": self.kind, "field": None, "rule": str(self)}
+
 
 class SandboxError(BacktestSandboxError):
     """The sandbox infrastructure failed: Docker unreachable, image missing, start refused."""
+
+    kind = "sandbox_error"
 
 
 class ImageBuildError(SandboxError):
@@ -59,6 +67,8 @@ class ImageBuildError(SandboxError):
 class DataError(BacktestSandboxError):
     """Market data is missing or malformed; the message names the file and the row."""
 
+    kind = "data_error"
+
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.details = details
@@ -67,25 +77,46 @@ class DataError(BacktestSandboxError):
 class InvalidRequest(BacktestSandboxError):
     """A caller's argument breaks a rule; the message names the field and the rule."""
 
+    kind = "invalid_argument"
+
     def __init__(self, field: str, rule: str) -> None:
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
 
+    def data(self) -> dict[str, Any]:
+        return {"type": self.kind, "field": self.field, "rule": self.rule}
+
 
 class NotFound(BacktestSandboxError):
     """No backtest with this id is visible to the caller."""
+
+    kind = "not_found"
 
     def __init__(self, backtest_id: str) -> None:
         super().__init__(f"backtest_id: no backtest {backtest_id!r}")
         self.backtest_id = backtest_id
 
+    def data(self) -> dict[str, Any]:
+        return {"type": self.kind, "field": "backtest_id", "rule": "no backtest"}
+
 
 class QuotaExceeded(BacktestSandboxError):
     """A tenant's quota refuses the request; `rule` is the setting that sets the limit."""
+
+    kind = "quota_exceeded"
 
     def __init__(self, rule: str, message: str, *, limit: int, current: int) -> None:
         super().__init__(f"{rule}: {message}")
         self.rule = rule
         self.limit = limit
         self.current = current
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "field": None,
+            "rule": self.rule,
+            "limit": self.limit,
+            "current": self.current,
+        }

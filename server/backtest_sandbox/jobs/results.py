@@ -20,7 +20,9 @@ the same directory, and the directory goes when its last reference does.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backtest_sandbox.domain.models import BacktestResult, EquityPoint
+from backtest_sandbox.domain.models import BacktestResult
 
 from . import views
 
@@ -135,6 +137,19 @@ class ResultFiles:
         rows += [f"{point['timestamp']},{point['value']!r}" for point in document["equity_curve"]]
         return "\n".join(rows) + "\n"
 
+    def trades_csv(self, digest: str) -> str:
+        """Every trade as CSV, streamed line by line from the stored trades."""
+        out = io.StringIO()
+        writer: csv.DictWriter[str] | None = None
+        with (self.root / digest / "trades.jsonl").open("rb") as lines:
+            for line in lines:
+                trade = json.loads(line)
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=list(trade), extrasaction="ignore")
+                    writer.writeheader()
+                writer.writerow(trade)
+        return out.getvalue()
+
     def _read(self, digest: str, name: str) -> bytes:
         return (self.root / digest / name).read_bytes()
 
@@ -151,7 +166,3 @@ def _write_trades(directory: Path, trades: list[dict[str, Any]]) -> None:
 
 def _size(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.iterdir())
-
-
-def points_of(series: views.ChartSeries) -> list[EquityPoint]:
-    return series.points

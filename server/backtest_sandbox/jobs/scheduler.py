@@ -109,12 +109,14 @@ class Scheduler:
         workers: int,
         tenant_max_running: int | None = None,
         cache_max_entries: int | None = None,
+        on_change: Callable[[str], None] = lambda job_id: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._engine = engine
         self._results = results
         self._cache_max_entries = cache_max_entries
+        self._on_change = on_change  # told the id of a job whose status changed
         self._workers = workers
         self._tenant_max_running = tenant_max_running  # None: a tenant may use every worker
         self._clock = clock
@@ -220,7 +222,9 @@ class Scheduler:
             job = self._store.claim_next(max_running_per_tenant=self._tenant_max_running)
             if job is not None:
                 self._running[job.id] = threading.Event()
-            return job
+        if job is not None:
+            self._on_change(job.id)
+        return job
 
     def _run(self, job: Job) -> None:
         with self._cond:
@@ -276,6 +280,8 @@ class Scheduler:
         )
         for digest in unreferenced:
             self._results.remove(digest)
+        if recorded:
+            self._on_change(job.id)
         audit.record(
             "finish",
             job.tenant,

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from backtest_sandbox.data import catalog
 from backtest_sandbox.domain.code import (
     check_code,
     check_language,
@@ -89,6 +90,7 @@ class BacktestService:
         """
         self.settings = settings
         self._engine = engine
+        self._listeners: list[Callable[[str], None]] = []
         self._store = store or JobStore(settings.state_dir / "jobs.sqlite3")
         self._results = ResultFiles(settings.state_dir / "results")
         self._limits = Limits(
@@ -103,8 +105,11 @@ class BacktestService:
             workers=settings.max_workers,
             tenant_max_running=settings.effective_tenant_max_running,
             cache_max_entries=settings.cache_max_entries,
+            on_change=self._changed,
         )
         self._maintenance = _Every(MAINTENANCE_SECONDS, self.maintain)
+        self._catalog_known: dict[str, catalog.Dataset | None] = {}
+        self._catalog_lock = threading.Lock()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -140,6 +145,18 @@ class BacktestService:
         self._scheduler.start()
         self._maintenance.start()
         return recovery
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(backtest_id)` whenever a backtest's status changes (from any
+        thread; it must not block)."""
+        self._listeners.append(listener)
+
+    def _changed(self, backtest_id: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(backtest_id)
+            except Exception:  # a listener's fault must not fail the job's own bookkeeping
+                logger.exception("a status listener failed")
 
     def maintain(self) -> None:
         """Storage upkeep, at start and every MAINTENANCE_SECONDS: results of a version 1
@@ -381,18 +398,17 @@ class BacktestService:
         *,
         chart: str | None = None,
         full: bool = False,
-    ) -> views.ResultView | views.StatusResponse:
-        """The result with the named chart's series; the status when there is no result yet.
+    ) -> views.ResultView:
+        """The result, with the named chart's series.
 
         Raises:
             NotFound: no such job for this tenant.
-            InvalidRequest: `chart` names no chart.
+            InvalidRequest: `chart` names no chart, or the job has no result (yet).
         """
         name = None if chart is None else _chart_name(chart)
-        job = self._job(tenant, backtest_id)
+        job = self._completed(tenant, backtest_id)
         view = self._result_view(job, full=full)
-        if view is None:
-            return views.status_view(job, None)
+        assert view is not None
         if name is not None:
             view = view.model_copy(update={"chart": self._series(job, name, full=full)})
         return view
@@ -491,6 +507,21 @@ class BacktestService:
         drawn = self._results.series(job.result_digest, job.id, chart)
         return self._series(job, chart, full=full), drawn
 
+    def trades_csv(self, tenant: str, backtest_id: Any) -> str:
+        """Every closed trade as CSV, one row per trade (the columns of the first trade)."""
+        job = self._completed(tenant, backtest_id)
+        assert job.result_digest is not None
+        return self._results.trades_csv(job.result_digest)
+
+    def catalog(self) -> views.Catalog:
+        """The market data this server has (`list_data`)."""
+        with self._catalog_lock:
+            found = catalog.datasets(self.settings.data_dir, self._catalog_known)
+        return views.Catalog(
+            datasets=[views.Dataset(**vars(dataset)) for dataset in found],
+            synthetic_fallback=True,
+        )
+
     def equity_csv(self, tenant: str, backtest_id: Any) -> str:
         """The whole equity curve as CSV."""
         job = self._completed(tenant, backtest_id)
@@ -537,6 +568,8 @@ class BacktestService:
         if before is JobStatus.RUNNING:
             self._scheduler.cancel(job.id)
         audit.record("cancel", tenant, job.id, code, before=before.value, status=now.value)
+        if now is not before:
+            self._changed(job.id)
         return views.CancelResponse(backtest_id=job.id, status=now)
 
     def delete(self, tenant: str, backtest_id: Any) -> views.DeleteResponse:
@@ -561,6 +594,7 @@ class BacktestService:
         if before is JobStatus.RUNNING:
             self._scheduler.cancel(job.id)
         audit.record("delete", tenant, job.id, code, before=before.value, status="deleted")
+        self._changed(job.id)
         return views.DeleteResponse(backtest_id=job.id, deleted=True)
 
     def _code_for_audit(self, tenant: str, backtest_id: Any) -> str:

@@ -145,6 +145,23 @@ class QueueStats(BaseModel):
     avg_queue_wait_seconds: float | None
 
 
+class Dataset(BaseModel):
+    symbol: str
+    timeframe: str
+    first: str = Field(description="the first bar's time, ISO")
+    last: str = Field(description="the last bar's time, ISO")
+    bars: int
+
+
+class Catalog(BaseModel):
+    """The `list_data` answer and the `data://catalog` resource (docs/interface.md section 8)."""
+
+    datasets: list[Dataset]
+    synthetic_fallback: bool = Field(
+        description="true: data_source auto turns a symbol without data into synthetic bars"
+    )
+
+
 # -- series ----------------------------------------------------------------------------------
 
 
