@@ -229,14 +229,32 @@ class Sandbox:
         Raises:
             SandboxError: the image is missing or the daemon refused the container.
         """
-        spec = self.container_spec(run_dir, memory_mb, backtest_id, command)
-        container = self._create(spec)
+        container = self.create(run_dir, memory_mb, backtest_id, command)
+        self.start_created(container)
+        return container
+
+    def create(
+        self, run_dir: RunDir, memory_mb: int, backtest_id: str, command: list[str] | None = None
+    ) -> Container:
+        """Create one container, not started yet (so that its output can be attached to from
+        the first byte). The caller must `remove` it, whatever happens.
+
+        Raises:
+            SandboxError: the image is missing or the daemon refused the container.
+        """
+        return self._create(self.container_spec(run_dir, memory_mb, backtest_id, command))
+
+    def start_created(self, container: Container) -> None:
+        """Start a container made by `create`; removed again if it cannot start.
+
+        Raises:
+            SandboxError: the daemon refused to start it.
+        """
         try:
             self._call(container.start)
         except SandboxError:
             self.remove(container)
             raise
-        return container
 
     def _create(self, spec: dict[str, Any]) -> Container:
         """`containers.create`, retried on transient failures without leaving a container.

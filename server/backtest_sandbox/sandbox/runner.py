@@ -110,20 +110,22 @@ class SandboxRunner:
             run_dir = warm.run_dir if warm else new_run_dir(self.settings)
             cleanup.callback(run_dir.remove)
             if warm is not None:
-                cleanup.callback(sandbox.remove, warm.container)
-            # The inputs first and the spec last: a warm harness starts the moment it lands.
+                container = warm.container
+            else:
+                container = sandbox.create(run_dir, job.memory_mb, job.backtest_id)
+            cleanup.callback(sandbox.remove, container)
+            # Attached before the job can start (a warm harness starts the moment the spec
+            # lands, a cold one when the container starts): no output is missed.
+            output = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
+            # The inputs first and the spec last.
             for name, data in job.inputs.items():
                 run_dir.write_input(name, data)
             # The container's own deadline (runner_image/init.py): the host's clock ends the run
             # at its timeout; this ends it a grace later if the host is gone.
             deadline = job.timeout_seconds + self.settings.self_deadline_grace_seconds
             run_dir.write_spec({**job.spec, "deadline_seconds": deadline})
-            if warm is not None:
-                container = warm.container
-            else:
-                container = sandbox.start(run_dir, job.memory_mb, job.backtest_id)
-                cleanup.callback(sandbox.remove, container)
-            output = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
+            if warm is None:
+                sandbox.start_created(container)
             observation = watch(
                 sandbox,
                 container,
