@@ -177,3 +177,23 @@ def test_a_version_1_store_is_migrated_with_its_results(
     status = service.status("local", backtest_id)
     assert status.result is not None and status.result.equity_curve_total == 500
     assert service.orders("local", backtest_id).total == 3
+
+
+def test_a_cursor_tells_nothing_of_other_tenants(
+    make_service: Callable[..., BacktestService],
+) -> None:
+    import base64
+
+    service = make_service()
+    mine = [run(service, CODE + f"# {n}\n", tenant="a") for n in range(3)]
+    for n in range(5):
+        run(service, CODE + f"# other {n}\n", tenant="b")
+    page = service.list_backtests("a", limit=2)
+    assert page.next_cursor is not None
+    assert base64.urlsafe_b64decode(page.next_cursor).decode() == f"v2:{mine[1]}"
+    rest = service.list_backtests("a", limit=2, cursor=page.next_cursor)
+    assert [b.backtest_id for b in rest.backtests] == [mine[0]]
+    with pytest.raises(InvalidRequest, match="^cursor: names a backtest that was deleted"):
+        service.list_backtests("b", limit=2, cursor=page.next_cursor)  # not b's backtest
+    stats = service.stats("a")
+    assert (stats.running, stats.workers_busy) == (0, 0)

@@ -584,3 +584,13 @@ async def test_tokens_are_never_logged(live: LiveServer, caplog: pytest.LogCaptu
     for record in caplog.records:
         for secret in (TOKEN_A, "s3cr3t"):
             assert secret not in record.getMessage() and secret not in str(record.args)
+
+
+def test_tokens_from_a_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{'a' * 20}:tenant_a\n{'b' * 20}:tenant_b,\n\n")
+    settings = Settings(state_dir=tmp_path, api_tokens_file=tokens)
+    assert settings.tenant_tokens() == {"a" * 20: "tenant_a", "b" * 20: "tenant_b"}
+    missing = Settings(state_dir=tmp_path, api_tokens_file=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="^BACKTEST_API_TOKENS_FILE: cannot be read"):
+        missing.tenant_tokens()

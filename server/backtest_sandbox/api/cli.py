@@ -70,6 +70,7 @@ SETTING_FLAGS: dict[str, tuple[str, type]] = {
     "--runtime": ("runtime", str),
     "--pool-size": ("pool_size", int),
     "--api-tokens": ("api_tokens", str),
+    "--api-tokens-file": ("api_tokens_file", Path),
     "--tenant-max-running": ("tenant_max_running", int),
     "--tenant-max-queued": ("tenant_max_queued", int),
     "--allowed-hosts": ("allowed_hosts", str),
@@ -129,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         })
     except ValidationError as e:
         return _usage_error(f"settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
+    if args.setting_api_tokens is not None:
+        print(
+            "warning: --api-tokens shows the tokens to every local user (ps, /proc); prefer "
+            "BACKTEST_API_TOKENS_FILE",
+            file=sys.stderr,
+        )
     handlers = {
         "run": _cmd_run,
         "serve": _cmd_serve,

@@ -587,7 +587,16 @@ def _run_http(
     app = server.streamable_http_app(
         max_request_body_size=body_limit, transport_security=access.security, host=host
     )
-    web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    web = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            limit_concurrency=settings.http_max_connections,
+            timeout_keep_alive=5,
+        )
+    )
     received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

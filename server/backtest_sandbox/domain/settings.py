@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     pool_size: int | None = Field(None, ge=0, le=64)  # None: the worker count
     # "token1:tenant_a,token2:tenant_b". Secret: a repr or a log of the settings shows stars.
     api_tokens: SecretStr = SecretStr("")
+    # The same, read from a file (one per line or comma-separated): tokens in the environment
+    # or in argv (--api-tokens) can be read by other local users through /proc or ps.
+    api_tokens_file: Path | None = None
+    # HTTP: connections served at once (beyond it, 503 at once): slow clients cannot hold
+    # every socket. Header timeouts belong to the reverse proxy in front (docs/security.md).
+    http_max_connections: int = Field(64, ge=1)
     pool_max_age_seconds: float = Field(300.0, gt=0)  # idle warm containers are recycled
     # How long a run waits for a warm container when the pool is empty before it starts a
     # cold one: 0 never waits (a cold start costs about a second; waiting may cost more).
@@ -116,4 +122,12 @@ class Settings(BaseSettings):
             ValueError: an entry breaks a rule of `tenants.parse_api_tokens` (the message names
                 the entry by its position, never its token).
         """
-        return parse_api_tokens(self.api_tokens.get_secret_value())
+        spec = self.api_tokens.get_secret_value()
+        if self.api_tokens_file is not None:
+            try:
+                text = self.api_tokens_file.read_text()
+            except OSError as e:
+                why = f"cannot be read ({e.strerror})"
+                raise ValueError(f"BACKTEST_API_TOKENS_FILE: {why}") from None
+            spec = ",".join(filter(None, [spec, *text.replace("\n", ",").split(",")]))
+        return parse_api_tokens(spec)

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 MAX_LIST_LIMIT = 200
 MAX_ATTEMPTS = 2  # a job interrupted by a dying server runs once more, then fails
 MAINTENANCE_SECONDS = 600.0  # how often retention and clean-up run
-_CURSOR_PREFIX = "v1:"
+_CURSOR_PREFIX = "v2:"
 
 
 def check_int(value: Any, field: str) -> int:
@@ -62,21 +62,26 @@ def check_int(value: Any, field: str) -> int:
     return value
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{seq}".encode()).decode()
+def _encode_cursor(last: JobSummary) -> str:
+    """The page's last backtest, by its id: a random name the tenant already holds, so the
+    cursor says nothing of how many backtests anyone else has submitted."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{last.id}".encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> int:
-    """Raises:
-    InvalidRequest: not a cursor this server handed out.
+def _decode_cursor(cursor: str) -> str:
+    """The backtest id a cursor names.
+
+    Raises:
+        InvalidRequest: not a cursor this server handed out.
     """
     try:
         text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
-        if not text.startswith(_CURSOR_PREFIX):
-            raise ValueError(text)
-        return int(text.removeprefix(_CURSOR_PREFIX))
     except (ValueError, UnicodeError, binascii.Error):
-        raise InvalidRequest("cursor", "is not a next_cursor returned by list_backtests") from None
+        text = ""
+    backtest_id = text.removeprefix(_CURSOR_PREFIX)
+    if not text.startswith(_CURSOR_PREFIX) or not is_backtest_id(backtest_id):
+        raise InvalidRequest("cursor", "is not a next_cursor returned by list_backtests")
+    return backtest_id
 
 
 class BacktestService:
@@ -384,11 +389,18 @@ class BacktestService:
                 raise InvalidRequest("status", f"must be one of {names}") from None
         if not 1 <= check_int(limit, "limit") <= MAX_LIST_LIMIT:
             raise InvalidRequest("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
-        before = None if cursor is None else _decode_cursor(cursor)
+        before = None
+        if cursor is not None:
+            last = self._store.get_summary(tenant, _decode_cursor(cursor))
+            if last is None:
+                raise InvalidRequest(
+                    "cursor", "names a backtest that was deleted since; list from the start"
+                )
+            before = last.seq
         jobs, more = self._store.list_jobs(tenant, status=wanted, limit=limit, before_seq=before)
         return views.ListResponse(
             backtests=[views.summary_view(job) for job in jobs],
-            next_cursor=_encode_cursor(jobs[-1].seq) if more else None,
+            next_cursor=_encode_cursor(jobs[-1]) if more else None,
         )
 
     def read(
@@ -540,7 +552,8 @@ class BacktestService:
             cancelled=by[JobStatus.CANCELLED],
             total=sum(by.values()),
             workers=self._scheduler.workers,
-            workers_busy=self._scheduler.busy,
+            # The tenant's own: how busy the others keep the server is theirs to know.
+            workers_busy=by[JobStatus.RUNNING],
             cache_hits=counts.cache_hits,
             avg_execution_seconds=_rounded(counts.avg_execution_seconds),
             avg_queue_wait_seconds=_rounded(counts.avg_wait_seconds),

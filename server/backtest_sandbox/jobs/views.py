@@ -139,7 +139,7 @@ class QueueStats(BaseModel):
     cancelled: int
     total: int
     workers: int = Field(description="worker slots: at most this many containers run at once")
-    workers_busy: int
+    workers_busy: int = Field(description="worker slots running your backtests now")
     cache_hits: int
     avg_execution_seconds: float | None
     avg_queue_wait_seconds: float | None
