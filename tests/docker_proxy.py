@@ -79,6 +79,24 @@ class DockerFaultProxy:
     def url(self) -> str:
         return f"unix://{self.path}"
 
+    def _splice(self, request: bytes, conn: socket.socket) -> None:
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream.connect(self.upstream)
+        upstream.sendall(request)
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+        back.start()
+        pump(conn, upstream)
+        back.join()
+        upstream.close()
+
     def _pick(self, request_line: str) -> Fault | None:
         method, target = request_line.split(" ")[:2]
         path = re.sub(r"^/v[0-9.]+", "", target.split("?")[0])
@@ -115,6 +133,12 @@ class DockerFaultProxy:
                 b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(payload), payload)
             )
+            return
+        if any(k.lower() == "upgrade" for k, _ in headers):
+            # An attach hijacks the connection for the container's output: splice the raw
+            # bytes both ways from here on.
+            raw = line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+            self._splice(raw.encode("latin-1") + body, conn)
             return
         method, target = line.split(" ")[:2]
         upstream = _UnixHTTPConnection(self.upstream, timeout=600)

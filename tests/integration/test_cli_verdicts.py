@@ -132,3 +132,16 @@ def test_no_container_is_left_by_any_verdict():
     # Runs after the verdict tests above (file order). Every CLI run above has exited, so any
     # container of theirs still here would be one that nobody removes.
     assert left_behind() == []
+
+
+def test_the_strategys_escape_sequences_reach_the_terminal_escaped(cli, write_strategy):
+    """Clear screen, cursor home, an OSC 52 clipboard write and a forged report line: shown
+    as text, never acted on."""
+    forged = "\x1b[2J\x1b[H\x1b]52;c;ZXZpbA==\x07completed in 0.01 s\r\x9b1A"
+    body = f"print({forged!r}, flush=True)\nraise RuntimeError({forged!r})"
+    run = cli("run", str(write_strategy(strategy_with(body))), "--symbol", "ORCL",
+              "--timeframe", "D1", "--start", "2010-01-01", "--end", "2010-12-31")
+    assert run.code == 3, run.stderr
+    assert not any(ch in run.stdout for ch in "\x1b\x07\r\x9b")
+    shown = "\\x1b[2J\\x1b[H\\x1b]52;c;ZXZpbA==\\x07completed in 0.01 s\\x0d\\x9b1A"
+    assert run.stdout.count(shown) == 2  # in the error message and in the logs

@@ -448,3 +448,42 @@ def test_extreme_config_dates_are_data_errors_not_crashes(catalog_dir: Path) -> 
     assert whole.first == "1995-01-02T00:00:00" and whole.last == "2014-12-29T00:00:00"
     with pytest.raises(DataError, match="synthetic data covers"):
         prepare(config("ORCL", "D1", "0001-01-01", "9999-12-31", "synthetic"), catalog_dir)
+
+
+# --- naming the data without reading it -----------------------------------------------------
+
+
+def test_the_data_identity_is_what_a_run_reads(catalog_dir: Path) -> None:
+    daily = config("ORCL", "D1", "2005-01-01", "2006-12-31")
+    identity = catalog.data_identity(daily, catalog_dir)
+    assert identity.startswith("file:") and identity.endswith(":D1")
+    assert prepare(daily, catalog_dir).identity == identity
+    weekly = config("ORCL", "W1", "2005-01-01", "2006-12-31")  # resampled from D1
+    assert catalog.data_identity(weekly, catalog_dir).endswith(":D1")
+    assert prepare(weekly, catalog_dir).identity == catalog.data_identity(weekly, catalog_dir)
+
+
+def test_a_replaced_file_gets_another_identity(catalog_dir: Path) -> None:
+    daily = config("ORCL", "D1", "2005-01-01", "2006-12-31")
+    before = catalog.data_identity(daily, catalog_dir)
+    path = catalog_dir / "ORCL" / "D1.csv"
+    replacement = path.with_suffix(".new")
+    replacement.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    replacement.replace(path)  # as `data import` does: a new file renamed into place
+    assert catalog.data_identity(daily, catalog_dir) != before
+    assert prepare(daily, catalog_dir).identity != before
+
+
+def test_synthetic_data_is_named_without_generating_it(
+    catalog_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: object) -> None:
+        raise AssertionError("the identity generated bars")
+
+    monkeypatch.setattr(catalog, "synthetic_bars", never)
+    huge = config("SYNTH", "M1", "2000-01-01", "2019-12-31", source="synthetic")
+    assert catalog.data_identity(huge, catalog_dir) == catalog.SYNTHETIC_IDENTITY
+    unknown = config("NOPE", "D1", "2000-01-01", "2019-12-31")  # auto: falls back to synthetic
+    assert catalog.data_identity(unknown, catalog_dir) == catalog.SYNTHETIC_IDENTITY
+    strict = config("NOPE", "D1", "2000-01-01", "2019-12-31", source="file")
+    assert catalog.data_identity(strict, catalog_dir) == "none"
