@@ -216,7 +216,7 @@ def ensure_image(
             return tag
         settings.cache_dir.mkdir(parents=True, exist_ok=True)
         # Two builders sharing a cache dir would share the rootfs and the wheel directory.
-        with _exclusive(settings.cache_dir / "image-build.lock"):
+        with host_lock(settings.cache_dir / "image-build.lock"):
             if not force and _is_current(client, settings, tag, digest):
                 return tag
             base, base_id = _ensure_base(client, settings, progress)
@@ -232,9 +232,12 @@ def ensure_image(
 
 
 @contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def host_lock(path: Path) -> Iterator[None]:
+    """One process of this host at a time in the block (an flock on `path`, created if need
+    be; released when the file is closed, a crash included)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 

@@ -18,10 +18,8 @@ the same hardened spec as a strategy's (`Sandbox.run_own`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -30,6 +28,7 @@ import requests.exceptions
 from docker.types import Mount
 
 from backtest_sandbox.domain.errors import SandboxError
+from backtest_sandbox.image.build import host_lock
 
 LABEL_LIBRARY = "io.backtest-sandbox.library"  # on each volume: the image id it was seeded from
 PROBE = (
@@ -52,7 +51,8 @@ def library_mounts(
         SandboxError: the volumes could not be seeded (the image or the daemon failed).
     """
     try:
-        with _host_lock(lock_dir / "library-volumes.lock"):
+        # One process at a time seeds: two concurrent first mounts could copy twice.
+        with host_lock(lock_dir / "library-volumes.lock"):
             image_id = str(client.images.get(image).id)
             mounts = _ensure_volumes(client, image_id, run_own)
             _remove_stale(client, image_id)
@@ -96,15 +96,3 @@ def _remove_stale(client: docker.DockerClient, image_id: str) -> None:
             # Still in use by a container of a process running the old image: next time.
             with contextlib.suppress(docker.errors.APIError):
                 volume.remove()
-
-
-@contextmanager
-def _host_lock(path: Path) -> Iterator[None]:
-    """One process at a time seeds: two concurrent first mounts could copy twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
