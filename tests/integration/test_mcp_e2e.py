@@ -393,3 +393,35 @@ async def test_sigkill_and_restart_lose_no_job(
     assert [s["status"] for s in statuses] == ["completed"] * 3
     second.stop()
     assert left_behind() == []
+
+
+async def test_a_real_run_answers_within_its_schemas_over_stdio(
+    server_env: dict[str, str],
+) -> None:
+    """docs/interface.md section 12 with the real engine: the status of a 2,520-bar run fits
+    in 16 KiB and validates against the tool's declared output schema, as do the reads."""
+    import jsonschema
+
+    config = {"symbol": "ORCL", "timeframe": "D1", "start_date": "1999-12-27",
+              "end_date": "2009-12-31"}
+    async with stdio_client(server_env) as client:
+        schemas = {t.name: t.output_schema for t in (await client.list_tools()).tools}
+        submitted = await call(
+            client, "run_backtest", code_content=SMA_CROSS, config=config, wait=True
+        )
+        backtest_id = submitted["backtest_id"]
+        status = await call(client, "get_backtest_status", backtest_id=backtest_id)
+        assert status["result"]["data"]["bars"] == 2520
+        assert len(json.dumps(status)) < 16 * 1024
+        jsonschema.validate(status, schemas["get_backtest_status"])
+        for tool, arguments in (
+            ("read_backtest", {"backtest_id": backtest_id, "full": True}),
+            ("read_backtest_orders", {"backtest_id": backtest_id}),
+            ("read_backtest_chart", {"backtest_id": backtest_id, "name": "drawdown"}),
+            ("list_data", {}),
+        ):
+            result = await client.call_tool(tool, arguments)
+            assert not result.is_error, result.content
+            jsonschema.validate(result.structured_content, schemas[tool])
+        whole = await call(client, "read_backtest", backtest_id=backtest_id, full=True)
+        assert len(whole["equity_curve"]) == 2520
