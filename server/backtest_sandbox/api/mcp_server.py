@@ -48,7 +48,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 CONFIG_URIS = ("backtest://config", "resources/backtest-config")
 WAIT_POLL_SECONDS = 0.25
-HEAVY_READS_PER_TENANT = 1  # charts drawn at once for one tenant
+HEAVY_READS_PER_TENANT = 1  # see HeavyReads
 MAX_WAIT_SECONDS = 3600.0  # a waiting call returns the current status after this long
 
 P = ParamSpec("P")
@@ -222,15 +222,16 @@ def build_server(
     )
     if access is not None:
         tenant_of = access.tenant_of
-    _add_job_tools(mcp, service, tenant_of)
-    _add_result_tools(mcp, service, tenant_of)
-    _add_backtest_resources(mcp, service, tenant_of)
+    heavy = HeavyReads()
+    _add_job_tools(mcp, service, tenant_of, heavy)
+    _add_result_tools(mcp, service, tenant_of, heavy)
+    _add_backtest_resources(mcp, service, tenant_of, heavy)
     _add_config_resources(mcp, service.settings)
     return mcp
 
 
 def _add_job_tools(
-    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver
+    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver, heavy: HeavyReads
 ) -> None:
     """Submit, status, list, cancel, delete, stats."""
 
@@ -263,7 +264,11 @@ def _add_job_tools(
         """Status, progress_percent and estimated_completion of a backtest; once completed, a
         summary of its result an agent can read every time (every metric, the last trades,
         the equity curve cut to 100 points; full=true for all of it), or its error."""
-        return await _call(service.status, tenant_of(ctx), backtest_id, full=full)
+        tenant = tenant_of(ctx)
+        if not full:
+            return await _call(service.status, tenant, backtest_id)
+        async with heavy.slot(tenant):
+            return await _call(service.status, tenant, backtest_id, full=True)
 
     @mcp.tool(annotations=READ_ONLY)
     @answers(views.ListResponse)
@@ -311,7 +316,7 @@ def _add_job_tools(
 
 
 def _add_result_tools(
-    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver
+    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver, heavy: HeavyReads
 ) -> None:
     """Read a result, its trades, its charts."""
 
@@ -332,7 +337,11 @@ def _add_result_tools(
         """The result of a completed backtest: metrics, the equity curve (cut to 100 points
         unless full=true), the last trades (page them all with read_backtest_orders), logs,
         data and provenance. A backtest without a result yet is an error naming its status."""
-        return await _call(service.read, tenant_of(ctx), backtest_id, chart=chart, full=full)
+        tenant = tenant_of(ctx)
+        if not full:
+            return await _call(service.read, tenant, backtest_id, chart=chart)
+        async with heavy.slot(tenant):
+            return await _call(service.read, tenant, backtest_id, chart=chart, full=True)
 
     @mcp.tool(annotations=READ_ONLY)
     @answers(views.OrdersResponse)
@@ -358,8 +367,9 @@ def _add_result_tools(
         """The equity or drawdown curve of a completed backtest: the series as JSON
         (downsampled unless full=true) and the chart as a PNG image."""
         tenant = tenant_of(ctx)
-        series, drawn = await _call(service.chart, tenant, backtest_id, name, full=full)
-        png = await _draw(tenant, drawn)
+        async with heavy.slot(tenant):
+            series, _ = await _call(service.chart, tenant, backtest_id, name, full=full)
+            png = await _call(service.chart_png, tenant, backtest_id, name, render_chart)
         data = series.model_dump(mode="json")
         return CallToolResult(
             content=[
@@ -369,20 +379,21 @@ def _add_result_tools(
             structured_content=data,
         )
 
-    async def _draw(tenant: str, series: views.ChartSeries) -> bytes:
-        """A chart, drawn off the event loop, one at a time per tenant (drawing is CPU work:
-        one tenant's burst of charts must not take every core from the others)."""
-        async with _limiter(tenant):
-            return await _call(render_chart, series)
 
-    limiters: dict[str, anyio.Semaphore] = {}
+class HeavyReads:
+    """Reads whose cost grows with a result (whole results, CSVs, a chart's first drawing)
+    run at most HEAVY_READS_PER_TENANT at a time per tenant, off the event loop: one
+    tenant's burst queues behind itself and cannot take every core from the others."""
 
-    def _limiter(tenant: str) -> anyio.Semaphore:
-        return limiters.setdefault(tenant, anyio.Semaphore(HEAVY_READS_PER_TENANT))
+    def __init__(self) -> None:
+        self._slots: dict[str, anyio.Semaphore] = {}
+
+    def slot(self, tenant: str) -> anyio.Semaphore:
+        return self._slots.setdefault(tenant, anyio.Semaphore(HEAVY_READS_PER_TENANT))
 
 
 def _add_backtest_resources(
-    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver
+    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver, heavy: HeavyReads
 ) -> None:
     """A backtest's status and its series as resources (docs/interface.md section 12)."""
 
@@ -403,7 +414,9 @@ def _add_backtest_resources(
         mime_type="text/csv",
     )
     async def backtest_trades(backtest_id: str, ctx: Context[Any, Any]) -> str:
-        return await _read(service.trades_csv, tenant_of(ctx), backtest_id)
+        tenant = tenant_of(ctx)
+        async with heavy.slot(tenant):
+            return await _read(service.trades_csv, tenant, backtest_id)
 
     @mcp.resource(
         "backtest://{backtest_id}/equity.csv",
@@ -412,7 +425,9 @@ def _add_backtest_resources(
         mime_type="text/csv",
     )
     async def backtest_equity(backtest_id: str, ctx: Context[Any, Any]) -> str:
-        return await _read(service.equity_csv, tenant_of(ctx), backtest_id)
+        tenant = tenant_of(ctx)
+        async with heavy.slot(tenant):
+            return await _read(service.equity_csv, tenant, backtest_id)
 
     @mcp.resource(
         "backtest://{backtest_id}/chart/{name}.png",
@@ -421,8 +436,9 @@ def _add_backtest_resources(
         mime_type="image/png",
     )
     async def backtest_chart(backtest_id: str, name: str, ctx: Context[Any, Any]) -> bytes:
-        _, drawn = await _read(service.chart, tenant_of(ctx), backtest_id, name)
-        return await _read(render_chart, drawn)
+        tenant = tenant_of(ctx)
+        async with heavy.slot(tenant):
+            return await _read(service.chart_png, tenant, backtest_id, name, render_chart)
 
     @mcp.resource(
         "data://catalog",

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(10_000, ge=0)  # the least recently used go first
     # The largest whole result one answer carries (read_backtest full=true); bigger ones are
     # read in pages (orders) and from the CSV resources.
-    max_full_read_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_full_read_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     allowed_hosts: str = ""  # extra Host header values for HTTP, comma-separated
 
     # The runner image.

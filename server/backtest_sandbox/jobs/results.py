@@ -13,6 +13,8 @@ directory named by its content hash, in the shapes its readers need:
         trades.jsonl     one trade per line ...
         trades.idx       ... and where each line starts (little-endian uint64s): a page of
                          orders is two seeks, whatever the number of trades
+        equity.csv, trades.csv   the whole series, as the resources serve them
+        <name>.png       a chart, once it has been drawn (`chart_png`)
 
 The job store only holds the digest, a reference count and the size: a cached run refers to
 the same directory, and the directory goes when its last reference does.
@@ -28,7 +30,9 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +75,8 @@ class ResultFiles:
                 series = views.chart_series(anonymous, name, max_points=SERIES_POINTS)
                 (staging / f"{name}.json").write_text(series.model_dump_json())
             _write_trades(staging, result.trade_log)
+            (staging / "equity.csv").write_text(_equity_csv(result))
+            (staging / "trades.csv").write_text(_trades_csv(result.trade_log))
             try:
                 staging.rename(target)
             except OSError:
@@ -131,24 +137,26 @@ class ResultFiles:
         return [json.loads(line) for line in chunk.splitlines()], total
 
     def equity_csv(self, digest: str) -> str:
-        """The whole equity curve as CSV (`timestamp,value`), without building models."""
-        document = json.loads(self._read(digest, "result.json"))
-        rows = ["timestamp,value"]
-        rows += [f"{point['timestamp']},{point['value']!r}" for point in document["equity_curve"]]
-        return "\n".join(rows) + "\n"
+        return self._read(digest, "equity.csv").decode()
 
     def trades_csv(self, digest: str) -> str:
-        """Every trade as CSV, streamed line by line from the stored trades."""
-        out = io.StringIO()
-        writer: csv.DictWriter[str] | None = None
-        with (self.root / digest / "trades.jsonl").open("rb") as lines:
-            for line in lines:
-                trade = json.loads(line)
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(trade), extrasaction="ignore")
-                    writer.writeheader()
-                writer.writerow(trade)
-        return out.getvalue()
+        return self._read(digest, "trades.csv").decode()
+
+    def chart_png(
+        self, digest: str, series: views.ChartSeries, draw: Callable[[views.ChartSeries], bytes]
+    ) -> bytes:
+        """The chart of `series` (one of this result's reduced curves), drawn once by `draw`
+        and kept: drawing is CPU work no repeated read should pay for again."""
+        path = self.root / digest / f"{series.name}.png"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        png = draw(series)
+        temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        temporary.write_bytes(png)
+        temporary.replace(path)
+        return png
 
     def _read(self, digest: str, name: str) -> bytes:
         return (self.root / digest / name).read_bytes()
@@ -162,6 +170,20 @@ def _write_trades(directory: Path, trades: list[dict[str, Any]]) -> None:
             lines.write(line)
             offsets.append(offsets[-1] + len(line))
     (directory / "trades.idx").write_bytes(b"".join(_OFFSET.pack(o) for o in offsets))
+
+
+def _equity_csv(result: BacktestResult) -> str:
+    rows = ["timestamp,value", *(f"{p.timestamp},{p.value!r}" for p in result.equity_curve)]
+    return "\n".join(rows) + "\n"
+
+
+def _trades_csv(trades: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if trades:
+        writer = csv.DictWriter(out, fieldnames=list(trades[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(trades)
+    return out.getvalue()
 
 
 def _size(directory: Path) -> int:

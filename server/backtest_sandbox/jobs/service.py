@@ -519,6 +519,26 @@ class BacktestService:
         drawn = self._results.series(job.result_digest, job.id, chart)
         return self._series(job, chart, full=full), drawn
 
+    def chart_png(
+        self,
+        tenant: str,
+        backtest_id: Any,
+        name: str,
+        draw: Callable[[views.ChartSeries], bytes],
+    ) -> bytes:
+        """The named chart as PNG: drawn by `draw` from the stored reduction the first time,
+        kept beside the result after that.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            InvalidRequest: `name` names no chart, or the job has no result.
+        """
+        chart = _chart_name(name, field="name")
+        job = self._completed(tenant, backtest_id)
+        assert job.result_digest is not None
+        series = self._results.series(job.result_digest, job.id, chart)
+        return self._results.chart_png(job.result_digest, series, draw)
+
     def trades_csv(self, tenant: str, backtest_id: Any) -> str:
         """Every closed trade as CSV, one row per trade (the columns of the first trade)."""
         job = self._completed(tenant, backtest_id)
