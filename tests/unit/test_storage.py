@@ -15,6 +15,7 @@ import pytest
 from backtest_sandbox.domain.errors import InvalidRequest, QuotaExceeded
 from backtest_sandbox.domain.models import JobStatus
 from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.jobs import views
 from backtest_sandbox.jobs.service import BacktestService
 from tests.unit.fake_engine import FakeEngine, config, make_result
 
@@ -197,3 +198,17 @@ def test_a_cursor_tells_nothing_of_other_tenants(
         service.list_backtests("b", limit=2, cursor=page.next_cursor)  # not b's backtest
     stats = service.stats("a")
     assert (stats.running, stats.workers_busy) == (0, 0)
+
+
+def test_a_chart_is_drawn_once_and_kept(make_service: Callable[..., BacktestService]) -> None:
+    service = make_service()
+    backtest_id = run(service, CODE + "# bars: 5000\n")
+    drawn: list[tuple[str, int]] = []
+
+    def draw(series: views.ChartSeries) -> bytes:
+        drawn.append((series.name, len(series.points)))
+        return b"png of " + series.name.encode()
+
+    for _ in range(3):
+        assert service.chart_png("local", backtest_id, "drawdown", draw) == b"png of drawdown"
+    assert drawn == [("drawdown", 2000)]  # once, from the stored reduction
