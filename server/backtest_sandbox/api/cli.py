@@ -1,8 +1,9 @@
 """The `backtest-sandbox` command (docs/interface.md section 5).
 
 Exit codes of `run`: 0 completed; 2 invalid usage or config; 3 the run failed (any error type
-but sandbox_error); 4 sandbox_error; 128 + N when signal N (SIGTERM, SIGINT, SIGHUP) cancelled
-the run, whose container was then killed and removed.
+but sandbox_error); 4 sandbox_error; 5 completed, but a --fail-if gate failed; 128 + N when
+signal N (SIGTERM, SIGINT, SIGHUP) cancelled the run, whose container was then killed and
+removed.
 
 Imports are lazy past this module's own: `--help`, `--version` and a syntax-error verdict load
 neither pandas, numpy, docker nor mcp (each command imports what it needs when it runs).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -26,7 +28,8 @@ from pydantic import ValidationError
 
 from backtest_sandbox import __version__
 from backtest_sandbox.domain.code import check_code, check_syntax, new_backtest_id
-from backtest_sandbox.domain.config import BacktestConfig, parse_config
+from backtest_sandbox.domain.conditions import parse_condition
+from backtest_sandbox.domain.config import BacktestConfig, config_rules, parse_config
 from backtest_sandbox.domain.errors import (
     BacktestSandboxError,
     DataError,
@@ -36,12 +39,21 @@ from backtest_sandbox.domain.errors import (
 from backtest_sandbox.domain.models import JobStatus, RunOutcome
 from backtest_sandbox.domain.settings import Settings
 
+from .ci import (
+    Gate,
+    annotate,
+    check_gates,
+    gates_fail,
+    in_github_actions,
+    write_step_summary,
+)
 from .progress import ProgressBar
 
 EXIT_COMPLETED = 0
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 3
 EXIT_SANDBOX_ERROR = 4
+EXIT_GATES_FAILED = 5  # completed, but a --fail-if gate was met (or unknown, with --strict)
 # A run cancelled by one of these exits 128 + its number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP).
 CANCELLING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -91,15 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one backtest in the sandbox and wait")
     run.add_argument("strategy", type=Path, help="the strategy's Python source file")
     run.add_argument("--config", type=Path, help="a JSON file with the config (section 3)")
+    rules = config_rules()
     for flag, (name, kind) in CONFIG_FLAGS.items():
-        run.add_argument(flag, dest=f"config_{name}", type=kind, default=None)
+        run.add_argument(flag, dest=f"config_{name}", type=kind, default=None,
+                         help=f"config.{name}: {rules[name]}".replace("%", "%%"))
     run.add_argument("--params", help="the strategy's params, as a JSON object")
-    run.add_argument("--json", action="store_true", help="print the final status object")
+    run.add_argument("--json", action="store_true",
+                     help="print the final status object on stdout, and nothing else there")
+    run.add_argument("--fail-if", action="append", default=[], metavar="'METRIC OP NUMBER'",
+                     help="a gate: exit 5 when the completed run meets it (OP: < <= > >= == "
+                          "!=); repeatable")
+    run.add_argument("--strict", action="store_true",
+                     help="a gate whose metric is null (undefined for this run) fails too")
+    run.add_argument("--output-dir", type=Path, metavar="DIR",
+                     help="write result.json, trades.csv, equity.csv, equity.png, "
+                          "drawdown.png and report.html there")
 
     serve = commands.add_parser("serve", help="start the MCP server")
-    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                       help="stdio (one local client) or streamable HTTP (tenants by token)")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP: the address to listen on")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP: the port")
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
@@ -114,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="the market data catalog")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     data_import = data_commands.add_parser("import", help="validate a file and add it")
-    data_import.add_argument("file", type=Path)
-    data_import.add_argument("--symbol", required=True)
-    data_import.add_argument("--timeframe", required=True)
+    data_import.add_argument("file", type=Path, help="a CSV or Parquet file of bars")
+    data_import.add_argument("--symbol", required=True, help="the symbol it holds")
+    data_import.add_argument("--timeframe", required=True, help="its MT5 timeframe (D1, M5...)")
     return parser
 
 
@@ -189,6 +213,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidRequest("STRATEGY", f"must be a readable UTF-8 file ({e})") from None
     code = check_code(text, settings.max_code_bytes, field="STRATEGY")
     config = _read_config(args, settings)
+    conditions = [parse_condition(gate, field="--fail-if") for gate in args.fail_if]
     backtest_id = new_backtest_id()
     syntax_error = check_syntax(code)
     stopped_by: int | None = None
@@ -200,13 +225,75 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 backtest_id, code, config, settings, cancel, show_progress=not args.json
             )
         stopped_by = cancel.signal
+    gates = check_gates(conditions, outcome.result.metrics) if outcome.result else []
+    status = {**status_object(backtest_id, outcome), "gates": [g.as_json() for g in gates]}
+    code_ = _exit_code(outcome, stopped_by, gates_fail(gates, strict=args.strict))
+    _report(args, settings, config, outcome, status, gates, code_)
     if args.json:
-        print(json.dumps(status_object(backtest_id, outcome)))
+        print(json.dumps(status))
     else:
         _print_outcome(outcome)
+        _print_gates(gates)
+    return code_
+
+
+def _exit_code(outcome: RunOutcome, stopped_by: int | None, gates_failed: bool) -> int:
+    """2 (usage, raised before), 4, 3, 5, 0 in that order; 128 + N when signal N cancelled."""
     if outcome.status is JobStatus.CANCELLED and stopped_by is not None:
         return 128 + stopped_by  # the shell's convention for "ended by this signal"
-    return exit_code(outcome)
+    code = exit_code(outcome)
+    if code == EXIT_COMPLETED and gates_failed:
+        return EXIT_GATES_FAILED
+    return code
+
+
+def _report(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: BacktestConfig,
+    outcome: RunOutcome,
+    status: dict[str, Any],
+    gates: list[Gate],
+    code: int,
+) -> None:
+    """The files of --output-dir, GitHub's job summary and annotations."""
+    if args.output_dir is not None:
+        from .report import write_output_dir  # matplotlib and pandas: only when asked
+
+        write_output_dir(
+            args.output_dir,
+            status,
+            outcome.result,
+            initial_capital=config.initial_capital,
+            prices=_prices(config, settings) if outcome.result else None,
+            gates=gates,
+        )
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        verdict = {EXIT_COMPLETED: "passed", EXIT_GATES_FAILED: "gates failed"}.get(
+            code, outcome.error.type.value if outcome.error else outcome.status.value
+        )
+        write_step_summary(Path(summary), args.strategy, outcome, gates, verdict)
+    if in_github_actions():
+        # Workflow commands are read from both streams; stdout is the JSON's under --json.
+        annotate(sys.stderr if args.json else sys.stdout, args.strategy, outcome)
+
+
+def _prices(config: BacktestConfig, settings: Settings) -> Any:
+    """The closes of the bars the run used, for the report's price chart (None if the
+    catalog cannot give them again)."""
+    from backtest_sandbox.data.catalog import prepare
+
+    try:
+        return prepare(config, settings.data_dir).frame["close"]
+    except DataError:
+        return None
+
+
+def _print_gates(gates: list[Gate]) -> None:
+    for gate in gates:
+        value = "null" if gate.value is None else f"{gate.value:,.4f}"
+        print(f"gate {gate.condition}: {gate.status} (value {value})")
 
 
 class _Cancel(threading.Event):
