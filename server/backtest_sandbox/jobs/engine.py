@@ -94,6 +94,8 @@ class Engine:
         except SandboxError as e:
             outcome = _failed(ErrorType.SANDBOX_ERROR, str(e))
         outcome.execution_time_seconds = round(time.monotonic() - started, 3)
+        if outcome.result is not None:
+            outcome.result.execution_time_seconds = outcome.execution_time_seconds
         return outcome
 
     def _run(
