@@ -1,8 +1,8 @@
 """What the service hands back: response shapes, and results cut to a size an agent can read.
 
-A result can hold tens of thousands of equity points and trades. Tool output lands in an
+A result can hold hundreds of thousands of equity points and trades. Tool output lands in an
 agent's context, so by default the equity curve is downsampled (keeping the first and last
-points and every bucket's extremes), the trade log is cut to its first entries (the rest are
+points and every bucket's extremes), the trade log is cut to its last entries (the rest are
 paged by `read_backtest_orders`) and the logs to their tail. `full=True` asks for everything.
 """
 
