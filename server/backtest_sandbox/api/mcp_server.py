@@ -1,9 +1,11 @@
 """The MCP server (docs/interface.md section 1): every tool a thin call into `BacktestService`.
 
-Service calls block (SQLite, data hashing, PNG rendering), so each runs on a worker thread and
-the event loop stays free to answer other requests. The package's own errors become
-`ToolError`s, the only exception whose message mcp 2.x carries to the client; they already
-name the field and the rule. Anything else is a crash, and the SDK keeps its text on the server.
+Service calls block (SQLite, result files, PNG rendering), so each runs on a worker thread and
+the event loop stays free to answer other requests; reads whose cost grows with a result run
+one at a time per tenant (`HeavyReads`). The package's own errors become tool errors whose
+text names the field and the rule and whose structured content is `{type, field, rule}`
+(docs/interface.md section 12). Anything else is a crash, and the SDK keeps its text on the
+server.
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ TenantResolver = Callable[[Context[Any, Any]], str]
 INSTRUCTIONS = """\
 Runs Backtrader strategies (Python source) in isolated, network-less containers.
 Submit with run_backtest (read the backtest://config resource for the config rules), then poll
-get_backtest_status, or pass wait=true to block until it finishes (with progress
-notifications when you send a progress token). read_backtest gives the result with a
-downsampled equity curve; page the trade log with read_backtest_orders; read_backtest_chart
-draws the equity or drawdown curve. An identical earlier run is answered from the cache.
+get_backtest_status (or listen on backtest://{id}), or pass wait=true to block until it
+finishes (with progress notifications when you send a progress token). The status carries a
+summary of the result; read_backtest(full=true) and the CSV resources give all of it; page the
+trade log with read_backtest_orders; read_backtest_chart draws the equity or drawdown curve;
+list_data shows the market data. An identical earlier run is answered from the cache.
 """
 
 BacktestId = Annotated[str, Field(description="The id run_backtest returned (bt_...).")]
