@@ -35,7 +35,9 @@ def load_module(code: str, filename: str) -> types.ModuleType:
 
 
 def find_strategy(module: types.ModuleType) -> type[bt.Strategy]:
-    """`module.STRATEGY` if set, else the one bt.Strategy subclass defined in the module.
+    """`module.STRATEGY` if set, else the one strategy the module's author wrote: its
+    bt.Strategy subclasses, less the classes Backtrader makes for an `alias = (...)`, less
+    the bases another of them derives from (an abstract base is not a choice).
 
     Raises:
         StrategyDiscoveryError: STRATEGY is not a Strategy subclass, or there is no strategy,
@@ -45,9 +47,11 @@ def find_strategy(module: types.ModuleType) -> type[bt.Strategy]:
     if "STRATEGY" in namespace:
         return _checked_choice(namespace["STRATEGY"])
     # dict.fromkeys: an alias (`B = A`) is the same class, not a second strategy.
-    defined: list[type[bt.Strategy]] = list(
+    own: list[type[bt.Strategy]] = list(
         dict.fromkeys(value for value in namespace.values() if _is_own_strategy(value))
     )
+    # The leaves: a class another one extends is a base, written to be extended.
+    defined = [c for c in own if not any(o is not c and issubclass(o, c) for o in own)]
     if len(defined) == 1:
         return defined[0]
     if not defined:
@@ -63,12 +67,15 @@ def find_strategy(module: types.ModuleType) -> type[bt.Strategy]:
 
 
 def _is_own_strategy(value: object) -> bool:
-    # Only classes defined by this code count: `from x import OtherStrategy` is not a choice.
+    # Only classes defined by this code count: `from x import OtherStrategy` is not a choice,
+    # nor the subclass Backtrader's metaclass makes under each name of a class's `alias`
+    # (it sets `aliased` on those to the original's name, on every other class to "").
     return (
         isinstance(value, type)
         and issubclass(value, bt.Strategy)
         and value is not bt.Strategy
         and value.__module__ == MODULE_NAME
+        and not vars(value).get("aliased")
     )
 
 

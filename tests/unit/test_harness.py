@@ -459,6 +459,43 @@ def test_imported_strategies_and_aliases_do_not_count(tmp_path: Path) -> None:
     assert result["outcome"] == "completed"
 
 
+def test_a_backtrader_alias_is_not_a_second_strategy(tmp_path: Path) -> None:
+    """As backtrader/strategies/sma_crossover.py writes it: the metaclass makes a subclass
+    named after each alias, in the same module."""
+    code = """\
+        import backtrader as bt
+
+        class MA_CrossOver(bt.Strategy):
+            alias = ("SMA_CrossOver",)
+
+            def next(self):
+                if not self.position:
+                    self.buy()
+    """
+    result, _ = run_code(tmp_path, code)
+    assert result["outcome"] == "completed" and result["open_trades"] == 1
+
+
+def test_an_abstract_base_is_not_a_choice(tmp_path: Path) -> None:
+    code = """\
+        import backtrader as bt
+
+        class Base(bt.Strategy):
+            def signal(self):
+                raise NotImplementedError
+
+            def next(self):
+                if not self.position and self.signal():
+                    self.buy()
+
+        class Always(Base):
+            def signal(self):
+                return True
+    """
+    result, _ = run_code(tmp_path, code)
+    assert result["outcome"] == "completed" and result["open_trades"] == 1  # Always ran
+
+
 def test_no_strategy_is_a_runtime_error(tmp_path: Path) -> None:
     result, _ = run_code(tmp_path, "import backtrader as bt\n\nx = 1\n")
     error = assert_runtime_error(result, "StrategyDiscoveryError")
