@@ -43,8 +43,10 @@ def test_syntax_error_needs_no_container(cli, write_strategy):
 
 
 def test_raising_strategy_is_runtime_error(cli, write_strategy):
-    run = cli("run", str(write_strategy(strategy_with("x = 1 / 0"))), *RANGE, "--json")
+    body = "print('dividing by nothing', flush=True)\nx = 1 / 0"
+    run = cli("run", str(write_strategy(strategy_with(body))), *RANGE, "--json")
     assert run.code == 3, run.stderr
+    assert "dividing by nothing" in run.status["logs"]  # what it printed before it failed
     error = run.status["error"]
     assert error["type"] == "runtime_error"
     assert error["details"]["exception_type"] == "ZeroDivisionError"

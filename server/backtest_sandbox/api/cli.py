@@ -355,6 +355,9 @@ def status_object(backtest_id: str, outcome: RunOutcome) -> dict[str, Any]:
         "result": outcome.result.model_dump(mode="json") if outcome.result else None,
         "error": outcome.error.model_dump(mode="json") if outcome.error else None,
         "execution_time_seconds": outcome.execution_time_seconds,
+        # A failed run's output (a completed one has it in `result.logs`): what it printed
+        # before it failed is often the only clue.
+        "logs": outcome.logs if outcome.result is None else None,
     }
 
 
