@@ -270,8 +270,7 @@ def _add_job_tools(
         tenant = tenant_of(ctx)
         if not full:
             return await _call(service.status, tenant, backtest_id)
-        async with heavy.slot(tenant):
-            return await _call(service.status, tenant, backtest_id, full=True)
+        return await heavy.call(tenant, service.status, tenant, backtest_id, full=True)
 
     @mcp.tool(annotations=READ_ONLY)
     @answers(views.ListResponse)
@@ -343,8 +342,7 @@ def _add_result_tools(
         tenant = tenant_of(ctx)
         if not full:
             return await _call(service.read, tenant, backtest_id, chart=chart)
-        async with heavy.slot(tenant):
-            return await _call(service.read, tenant, backtest_id, chart=chart, full=True)
+        return await heavy.call(tenant, service.read, tenant, backtest_id, chart=chart, full=True)
 
     @mcp.tool(annotations=READ_ONLY)
     @answers(views.OrdersResponse)
@@ -394,6 +392,13 @@ class HeavyReads:
     def slot(self, tenant: str) -> anyio.Semaphore:
         return self._slots.setdefault(tenant, anyio.Semaphore(HEAVY_READS_PER_TENANT))
 
+    async def call(
+        self, tenant: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """`_call`, in one of the tenant's slots."""
+        async with self.slot(tenant):
+            return await _call(fn, *args, **kwargs)
+
 
 def _add_backtest_resources(
     mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver, heavy: HeavyReads
@@ -407,7 +412,7 @@ def _add_backtest_resources(
         mime_type="application/json",
     )
     async def backtest_status(backtest_id: str, ctx: Context[Any, Any]) -> str:
-        status = await _read(service.status, tenant_of(ctx), backtest_id)
+        status = await _resource(_call(service.status, tenant_of(ctx), backtest_id))
         return status.model_dump_json()
 
     @mcp.resource(
@@ -418,8 +423,7 @@ def _add_backtest_resources(
     )
     async def backtest_trades(backtest_id: str, ctx: Context[Any, Any]) -> str:
         tenant = tenant_of(ctx)
-        async with heavy.slot(tenant):
-            return await _read(service.trades_csv, tenant, backtest_id)
+        return await _resource(heavy.call(tenant, service.trades_csv, tenant, backtest_id))
 
     @mcp.resource(
         "backtest://{backtest_id}/equity.csv",
@@ -429,8 +433,7 @@ def _add_backtest_resources(
     )
     async def backtest_equity(backtest_id: str, ctx: Context[Any, Any]) -> str:
         tenant = tenant_of(ctx)
-        async with heavy.slot(tenant):
-            return await _read(service.equity_csv, tenant, backtest_id)
+        return await _resource(heavy.call(tenant, service.equity_csv, tenant, backtest_id))
 
     @mcp.resource(
         "backtest://{backtest_id}/chart/{name}.png",
@@ -440,8 +443,8 @@ def _add_backtest_resources(
     )
     async def backtest_chart(backtest_id: str, name: str, ctx: Context[Any, Any]) -> bytes:
         tenant = tenant_of(ctx)
-        async with heavy.slot(tenant):
-            return await _read(service.chart_png, tenant, backtest_id, name, render_chart)
+        drawing = heavy.call(tenant, service.chart_png, tenant, backtest_id, name, render_chart)
+        return await _resource(drawing)
 
     @mcp.resource(
         "data://catalog",
@@ -450,7 +453,7 @@ def _add_backtest_resources(
         mime_type="application/json",
     )
     async def data_catalog() -> str:
-        catalog = await _read(service.catalog)
+        catalog = await _resource(_call(service.catalog))
         return catalog.model_dump_json()
 
 
@@ -485,10 +488,11 @@ class StatusUpdates(InMemorySubscriptionBus):
         task.add_done_callback(self._pending.discard)
 
 
-async def _read(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """`_call` for a resource: a refusal is a `ResourceError` with the same message."""
+async def _resource(answer: Awaitable[R]) -> R:
+    """A service call answering a resource read: a refusal is a `ResourceError` with the
+    same message."""
     try:
-        return await _call(fn, *args, **kwargs)
+        return await answer
     except Refused as e:
         raise ResourceError(str(e)) from e
 

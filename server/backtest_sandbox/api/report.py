@@ -16,7 +16,6 @@ run is HTML-escaped.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -31,11 +30,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from backtest_sandbox.domain.metric_names import METRIC_MEANINGS
-from backtest_sandbox.domain.metrics import drawdown_pct
-from backtest_sandbox.domain.models import BacktestResult, EquityPoint
-from backtest_sandbox.jobs.views import downsample
+from backtest_sandbox.domain.models import BacktestResult
+from backtest_sandbox.jobs.results import equity_csv, trades_csv
+from backtest_sandbox.jobs.views import chart_series
 
-from .charts import MAX_RENDERED_POINTS, render_png
+from .charts import MAX_RENDERED_POINTS, render_chart
 from .ci import Gate
 
 WIDTH, HEIGHT, DPI = 11.0, 4.0, 100
@@ -60,27 +59,16 @@ def write_output_dir(
     (directory / "result.json").write_text(json.dumps(status, indent=2) + "\n")
     if result is None:
         return
-    _write_trades(directory / "trades.csv", result.trade_log)
-    with (directory / "equity.csv").open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["timestamp", "value"])
-        writer.writerows((p.timestamp, repr(p.value)) for p in result.equity_curve)
-    times = [p.timestamp for p in result.equity_curve]
-    values = [p.value for p in result.equity_curve]
-    equity_png = _line_png(times, values, "equity", "account value", fill=False)
-    drawdown_png = _line_png(times, [-d for d in drawdown_pct(values)], "drawdown", "%", True)
+    (directory / "trades.csv").write_text(trades_csv(result.trade_log))
+    (directory / "equity.csv").write_text(equity_csv(result))
+    equity_png, drawdown_png = (
+        render_chart(chart_series(result, name, max_points=MAX_RENDERED_POINTS))
+        for name in ("equity", "drawdown")
+    )
     (directory / "equity.png").write_bytes(equity_png)
     (directory / "drawdown.png").write_bytes(drawdown_png)
     page = _page(result, initial_capital, prices, gates, equity_png, drawdown_png)
     (directory / "report.html").write_text(page, encoding="utf-8")
-
-
-def _write_trades(path: Path, trades: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as out:
-        if trades:
-            writer = csv.DictWriter(out, fieldnames=list(trades[0]), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(trades)
 
 
 # -- charts ------------------------------------------------------------------------------------
@@ -100,14 +88,6 @@ def _png(figure: Figure) -> bytes:
 
 def _dates(stamps: Sequence[str]) -> Any:
     return np.array([datetime.fromisoformat(s) for s in stamps], dtype="datetime64[s]")
-
-
-def _line_png(
-    times: list[str], values: Sequence[float], title: str, unit: str, fill: bool
-) -> bytes:
-    points = [EquityPoint(timestamp=t, value=float(v)) for t, v in zip(times, values, strict=True)]
-    shown = downsample(points, MAX_RENDERED_POINTS)
-    return render_png(shown, title=title, ylabel=unit, fill=fill)
 
 
 def _price_png(prices: pd.Series, trades: list[dict[str, Any]]) -> bytes:

@@ -8,6 +8,7 @@ worker threads at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -63,6 +64,12 @@ class Engine:
         self.settings = settings
         self.runner = runner or SandboxRunner(settings)
 
+    @functools.cached_property
+    def image_tag(self) -> str:
+        """The runner image this process runs (a hash of its sources: read once, as the
+        sandbox reads it once)."""
+        return image.expected_tag(self.settings)
+
     def cache_key(self, request: RunRequest) -> str | None:
         """The key a run of `request` would be cached under, from the data it would read now.
 
@@ -73,7 +80,7 @@ class Engine:
             identity = catalog.data_identity(request.config, self.settings.data_dir)
         except DataError:
             return None
-        return cache_key(request, identity, image.expected_tag(self.settings))
+        return cache_key(request, identity, self.image_tag)
 
     def run(
         self,
@@ -110,14 +117,12 @@ class Engine:
                 status=JobStatus.FAILED, error=refused, cache_key=self.cache_key(request)
             )
         config = request.config
-        tag = image.expected_tag(self.settings)
         try:
-            identity = catalog.data_identity(config, self.settings.data_dir)
             data = catalog.prepare(config, self.settings.data_dir)
         except DataError as e:
             outcome = _failed(ErrorType.DATA_ERROR, str(e), **e.details)
             if e.details.get("rule") != "changed":  # a race, not a property of the data
-                outcome.cache_key = cache_key(request, identity, tag)
+                outcome.cache_key = self.cache_key(request)
             return outcome
         verdict = self.runner.run(
             SandboxJob(
@@ -147,7 +152,7 @@ class Engine:
             status=JobStatus.COMPLETED,
             result=result,
             logs=verdict.logs,
-            cache_key=cache_key(request, data.identity, tag),
+            cache_key=cache_key(request, data.identity, self.image_tag),
             warm=verdict.warm,
         )
 

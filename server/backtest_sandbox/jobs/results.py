@@ -75,8 +75,8 @@ class ResultFiles:
                 series = views.chart_series(anonymous, name, max_points=SERIES_POINTS)
                 (staging / f"{name}.json").write_text(series.model_dump_json())
             _write_trades(staging, result.trade_log)
-            (staging / "equity.csv").write_text(_equity_csv(result))
-            (staging / "trades.csv").write_text(_trades_csv(result.trade_log))
+            (staging / "equity.csv").write_text(equity_csv(result))
+            (staging / "trades.csv").write_text(trades_csv(result.trade_log))
             try:
                 staging.rename(target)
             except OSError:
@@ -172,12 +172,14 @@ def _write_trades(directory: Path, trades: list[dict[str, Any]]) -> None:
     (directory / "trades.idx").write_bytes(b"".join(_OFFSET.pack(o) for o in offsets))
 
 
-def _equity_csv(result: BacktestResult) -> str:
+def equity_csv(result: BacktestResult) -> str:
+    """`timestamp,value`, one row per bar; values as repr() (they read back exactly)."""
     rows = ["timestamp,value", *(f"{p.timestamp},{p.value!r}" for p in result.equity_curve)]
     return "\n".join(rows) + "\n"
 
 
-def _trades_csv(trades: list[dict[str, Any]]) -> str:
+def trades_csv(trades: list[dict[str, Any]]) -> str:
+    """One row per closed trade, the columns of the first one; empty without trades."""
     out = io.StringIO()
     if trades:
         writer = csv.DictWriter(out, fieldnames=list(trades[0]), extrasaction="ignore")

@@ -257,25 +257,23 @@ class Sandbox:
             raise
 
     def _create(self, spec: dict[str, Any]) -> Container:
-        """`containers.create`, retried on transient failures without leaving a container.
+        """`containers.create`, retried on transient failures without leaving a container."""
+        created: Container = self._call(self._create_once, spec)
+        return created
 
-        A create whose reply was lost may still have made its container: each attempt carries
-        its own label, and what an attempt made is removed before the next one.
-        """
-        for delay in (*RETRY_DELAYS_SECONDS, None):
-            attempt = uuid.uuid4().hex
-            labels = {**spec["labels"], LABEL_ATTEMPT: attempt}
-            try:
-                created: Container = self.client.containers.create(**{**spec, "labels": labels})
-                return created
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-                if not _is_transient(e):
-                    raise _sandbox_error(e) from e
+    def _create_once(self, spec: dict[str, Any]) -> Container:
+        """One create attempt. A create whose reply was lost may still have made its
+        container: each attempt carries its own label, and on a transient failure what the
+        attempt made is removed before the error goes on (to `_retrying`)."""
+        attempt = uuid.uuid4().hex
+        labels = {**spec["labels"], LABEL_ATTEMPT: attempt}
+        try:
+            created: Container = self.client.containers.create(**{**spec, "labels": labels})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            if _is_transient(e):
                 self._remove_attempt(attempt)
-                if delay is None:
-                    raise _sandbox_error(e) from e
-                time.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            raise
+        return created
 
     def _remove_attempt(self, attempt: str) -> None:
         listed = self._call(
@@ -425,7 +423,7 @@ class Sandbox:
 def _retrying(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call docker-py, again after a transient failure; the last error is raised as it came.
 
-    Only for calls that may be repeated safely (create has `Sandbox._create`).
+    Only for calls that may be repeated safely (a create through `Sandbox._create_once`).
     """
     for delay in RETRY_DELAYS_SECONDS:
         try:
