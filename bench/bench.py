@@ -138,7 +138,7 @@ class Bench:
 def wait_for_pool(service: BacktestService, size: int, settle: float = 1.0) -> None:
     """Until the pool is full and its newest container has had time to finish its imports."""
     engine = service._engine  # noqa: SLF001 - the bench looks inside on purpose
-    pool = getattr(engine, "_pool", None)
+    pool = engine.runner.pool  # started with the engine's first run
     if pool is None or size == 0:
         return
     deadline = time.monotonic() + 60
