@@ -55,7 +55,9 @@ def make_feed(frame: pd.DataFrame, timeframe: str) -> FastPandasData:
         KeyError: `timeframe` is not an MT5 timeframe name.
     """
     bt_timeframe, compression = TIMEFRAMES[timeframe]
-    return FastPandasData(dataname=frame, timeframe=bt_timeframe, compression=compression)
+    feed = FastPandasData(dataname=frame, timeframe=bt_timeframe, compression=compression)
+    feed.total_bars = len(frame)  # as on the verified feed, where buflen() cannot tell
+    return feed
 
 
 class FastPandasData(bt.feeds.PandasData):  # type: ignore[misc]  # backtrader is untyped

@@ -84,3 +84,14 @@ def error_result(version: str, error: dict[str, Any]) -> dict[str, Any]:
         "backtrader_version": version,
         "error": error,
     }
+
+
+def unsupported_result(version: str, feature: str, message: str) -> dict[str, Any]:
+    """The whole unsupported_feature result: a verified run cannot honour `feature`."""
+    return {
+        "protocol": 1,
+        "outcome": "unsupported_feature",
+        "backtrader_version": version,
+        "feature": feature[:EXC_TYPE_CAP],
+        "error": plain_error("UnsupportedFeature", _cap_bytes(message, MESSAGE_CAP)),
+    }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -31,19 +30,22 @@ compat.apply()  # before backtrader is imported (see compat.py)
 
 import backtrader as bt  # noqa: E402
 
+import backtest  # noqa: E402
 import datafeed  # noqa: E402
 import discovery  # noqa: E402
 import failure  # noqa: E402
+import pipefeed  # noqa: E402
 import recorder  # noqa: E402
+import verified  # noqa: E402
 
-PROTOCOL = 1
+PROTOCOL = backtest.PROTOCOL
 SPEC_POLL_SECONDS = 0.005
 DEFAULT_FILENAME = "strategy.py"
-RECORDER_NAME = "_sandbox_recorder"
 
 # Harness code that runs inside cerebro.run. An exception with one of these on its stack is
 # the harness's own fault (it never calls back into user code): a crash, not a runtime_error.
-_IN_RUN_FILES = frozenset({recorder.__file__, datafeed.__file__})
+# (verified.py is not one: its hooks call the broker with the user's arguments.)
+_IN_RUN_FILES = frozenset({recorder.__file__, datafeed.__file__, pipefeed.__file__})
 
 # The real streams, taken before user code can replace sys.stdout/sys.stderr.
 _STREAMS = (sys.stdout, sys.stderr)
@@ -85,7 +87,8 @@ def wait_for_spec(path: str) -> dict[str, Any]:
 
 
 def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
-    """Load the data, run the strategy, and return the result object.
+    """Set the run up (fast: data.csv; verified: the bar pipe), run the strategy, and return
+    the result object.
 
     Raises:
         Exception: see main(); never for what the user's code does.
@@ -93,9 +96,20 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
     if spec.get("protocol") != PROTOCOL:
         raise ValueError(f"unsupported protocol {spec.get('protocol')!r}, expected {PROTOCOL}")
     data = spec["data"]
-    frame = datafeed.read_bars(os.path.join(job_dir, data["path"]))  # an absolute path wins
-    cerebro = build_cerebro(spec["broker"], datafeed.make_feed(frame, data["timeframe"]))
-    progress = recorder.Progress(_open_existing(os.path.join(out_dir, "progress")), len(frame))
+    is_verified = spec.get("mode", "fast") == "verified"
+    if is_verified:
+        events = verified.EventLog([])
+        channel = pipefeed.Channel(*verified.take_stdio())
+        feed = pipefeed.make_feed(channel, events.commit, data["timeframe"], data["bars"])
+        # One bar per request: Cerebro must neither preload the pipe nor run at once.
+        cerebro = backtest.build_cerebro(spec["broker"], feed, preload=False, runonce=False)
+        events.feeds.append(feed)
+        verified.guard(cerebro, events)
+    else:
+        frame = datafeed.read_bars(os.path.join(job_dir, data["path"]))  # absolute path wins
+        feed = datafeed.make_feed(frame, data["timeframe"])
+        cerebro = backtest.build_cerebro(spec["broker"], feed)
+    progress = recorder.Progress(_open_existing(os.path.join(out_dir, "progress")), data["bars"])
     filename = spec.get("filename") or DEFAULT_FILENAME
     try:
         strategy = run_strategy(cerebro, spec["code"], filename, spec["params"], progress)
@@ -103,12 +117,17 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
         result = failure.error_result(
             bt.__version__, failure.plain_error(type(exc).__name__, str(exc))
         )
+    except verified.UnsupportedFeature as exc:
+        result = failure.unsupported_result(bt.__version__, exc.feature, str(exc))
     except BaseException as exc:  # SystemExit, KeyboardInterrupt: whatever the user raised
         if _raised_by_harness(exc):
             raise
-        result = failure.error_result(bt.__version__, failure.error_info(exc, filename))
+        error = failure.error_info(exc, filename)
+        if is_verified and verified.is_lookahead(exc):
+            error["message"] = f"{error['message']}: {verified.LOOKAHEAD_HINT}"
+        result = failure.error_result(bt.__version__, error)
     else:
-        result = completed_result(strategy) if strategy is not None else _skipped_result()
+        result = _skipped_result() if strategy is None else backtest.completed_result(strategy)
     progress.finish()
     return result
 
@@ -119,19 +138,6 @@ def _skipped_result() -> dict[str, Any]:
     return failure.error_result(bt.__version__, failure.plain_error("StrategySkipError", message))
 
 
-def build_cerebro(broker: dict[str, Any], feed: Any) -> Any:
-    """Cerebro with the feed, the broker and the default sizer set as PROTOCOL.md says."""
-    # stdstats=False: the default observers cost time and feed nothing we report.
-    # tradehistory=True: a closed trade's size and exit price come from its fills.
-    cerebro = bt.Cerebro(stdstats=False, tradehistory=True)
-    cerebro.adddata(feed)
-    cerebro.broker.setcash(float(broker["initial_capital"]))
-    cerebro.broker.setcommission(commission=float(broker["commission"]))
-    cerebro.broker.set_slippage_perc(float(broker["slippage"]))
-    cerebro.addsizer(bt.sizers.FixedSize, stake=float(broker["stake"]))
-    return cerebro
-
-
 def run_strategy(
     cerebro: Any, code: str, filename: str, params: dict[str, Any], progress: recorder.Progress
 ) -> Any:
@@ -139,66 +145,24 @@ def run_strategy(
 
     Raises:
         discovery.StrategyDiscoveryError: no usable strategy.
+        verified.UnsupportedFeature: a verified run cannot honour what the strategy asks for.
         BaseException: whatever the user's code raises, defining, constructing or running.
     """
     module = discovery.load_module(code, filename)
-    cerebro.addstrategy(discovery.find_strategy(module), **params)
-    cerebro.addanalyzer(recorder.Recorder, _name=RECORDER_NAME, progress=progress)
+    strategy_class = discovery.find_strategy(module)
+    if isinstance(cerebro.datas[0], pipefeed.PipeFeed):
+        verified.check_strategy(strategy_class, cerebro)
+    cerebro.addstrategy(strategy_class, **params)
+    backtest.add_recorder(cerebro, progress)
     strategies = cerebro.run()
     return strategies[0] if strategies else None
 
 
-def completed_result(strategy: Any) -> dict[str, Any]:
-    """The `completed` result object from the recorder and the broker."""
-    record: recorder.Recorder = strategy.analyzers.getbyname(RECORDER_NAME)
-    timestamps = map(recorder.iso_timestamp, record.datetimes)
-    return {
-        "protocol": PROTOCOL,
-        "outcome": "completed",
-        "backtrader_version": bt.__version__,
-        "bars": len(record.values),
-        "final_value": float(strategy.broker.getvalue()),
-        "final_cash": float(strategy.broker.getcash()),
-        "bars_in_market": record.bars_in_market,
-        "equity_curve": [
-            [stamp, float(value)] for stamp, value in zip(timestamps, record.values, strict=True)
-        ],
-        "trades": record.trades,
-        "open_trades": record.open_trades,
-    }
-
-
-def encode_result(result: dict[str, Any]) -> bytes:
-    """The result as compact JSON. A non-finite number cannot be reported (the protocol has
-    no NaN, Infinity or null in a completed result): it becomes a runtime_error naming where.
-    """
-    try:
-        return json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
-    except ValueError:
-        where = _non_finite_path(result, "result") or "result"
-        message = f"the backtest produced a non-finite number ({where}), which cannot be reported"
-        error = failure.plain_error("ValueError", message)
-        return json.dumps(failure.error_result(bt.__version__, error), allow_nan=False).encode()
-
-
 def write_result(path: str, result: dict[str, Any]) -> None:
     """Overwrite the result file the host created (the sandbox cannot create files in /out)."""
-    data = encode_result(result)
+    data = backtest.encode_result(result)
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC), "wb") as stream:
         stream.write(data)
-
-
-def _non_finite_path(value: Any, path: str) -> str | None:
-    """Where in `value` the first NaN or infinity is, as `result.trades[0].pnl`."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
-    if isinstance(value, dict):
-        items = ((f"{path}.{key}", item) for key, item in value.items())
-    elif isinstance(value, list):
-        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
-    else:
-        return None
-    return next((found for sub, item in items if (found := _non_finite_path(item, sub))), None)
 
 
 def _open_existing(path: str) -> int:

@@ -152,8 +152,17 @@ async def test_run_then_poll_to_the_result(client: Client, engine: FakeEngine) -
         "data",
         "provenance",
         "warnings",
+        "integrity",
         "cached",
         "chart",
+    }
+    # The fake engine's results are fast-mode ones: no referee checked them.
+    assert done["result"]["integrity"] == {
+        "mode": "fast",
+        "verified": False,
+        "claim_matches": None,
+        "events": 0,
+        "rejected_events": 0,
     }
     read = await call(client, "read_backtest", backtest_id=backtest_id)
     assert read == done["result"]

@@ -71,6 +71,7 @@ CONFIG_FLAGS: dict[str, tuple[str, type]] = {
     "--timeout": ("timeout_seconds", float),
     "--memory-mb": ("memory_mb", int),
     "--data-source": ("data_source", str),
+    "--mode": ("mode", str),
 }
 
 # Settings that docs/interface.md section 6 names, and the tenancy ones, each also a flag (the flag

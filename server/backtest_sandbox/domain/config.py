@@ -91,6 +91,11 @@ class BacktestConfig(BaseModel):
         "auto",
         description="auto (the catalog's file if there is one, else synthetic), file, synthetic",
     )
+    mode: Literal["verified", "fast"] = Field(
+        "verified",
+        description="verified (the strategy sees bars up to the current one; a referee that "
+        "runs no user code computes the numbers) or fast (one process, its own numbers)",
+    )
 
     @field_validator("symbol")
     @classmethod

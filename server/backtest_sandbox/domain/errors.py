@@ -22,6 +22,7 @@ class ErrorType(StrEnum):
     RESULT_INVALID = "result_invalid"  # the result handed back is oversized or breaks the schema
     SANDBOX_ERROR = "sandbox_error"  # infrastructure: no daemon, no image, no container
     UNSUPPORTED_LANGUAGE = "unsupported_language"  # accepted by the schema, not runnable
+    UNSUPPORTED_FEATURE = "unsupported_feature"  # a verified run cannot honour it; fast can
 
 
 # What each type means, as the backtest://config resource and the docs tell it.
@@ -41,6 +42,9 @@ ERROR_TYPE_MEANINGS: dict[ErrorType, str] = {
     "container could not start, or the server was interrupted twice during the run",
     ErrorType.UNSUPPORTED_LANGUAGE: "language is accepted by the schema but not runnable "
     "(mq5 today)",
+    ErrorType.UNSUPPORTED_FEATURE: "the strategy uses what a verified run cannot honour "
+    "(cheat-on-open, next_open, timers, Order.Historical, its own broker settings or data "
+    "feeds); details.feature names it, and mode fast runs it",
 }
 
 

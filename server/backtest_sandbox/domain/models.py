@@ -58,6 +58,17 @@ class Provenance(BaseModel):
     warm: bool = False  # true: taken from the warm pool; false: started for this run
 
 
+class Integrity(BaseModel):
+    """Whose numbers a result publishes (docs/interface.md section 7)."""
+
+    mode: str = "fast"  # the config's mode
+    verified: bool = False  # true only when a referee that runs no user code computed them
+    # Whether the strategy process reported the same numbers; null when nothing was compared.
+    claim_matches: bool | None = None
+    events: int = 0  # orders and cancels the strategy committed
+    rejected_events: int = 0  # of those, the ones the trusted side refused
+
+
 class BacktestResult(BaseModel):
     """A completed run as users read it (docs/interface.md section 4)."""
 
@@ -71,6 +82,8 @@ class BacktestResult(BaseModel):
     data: DataInfo
     provenance: Provenance
     warnings: list[str] = Field(default_factory=list)
+    # Results stored before verified mode existed were all fast runs: the default says so.
+    integrity: Integrity = Field(default_factory=Integrity)
 
 
 class RunOutcome(BaseModel):

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     self_deadline_grace_seconds: float = Field(10.0, gt=0)
     library_volumes: bool = True  # serve the image's Python libraries from read-only volumes
 
+    # Verified mode's pipe (docs/security.md "Verified mode"): what one commit may hold, and
+    # how long the strategy may take over one bar before the run ends as a timeout.
+    verified_max_message_bytes: int = Field(256 * 1024, ge=1024)
+    verified_max_events_per_bar: int = Field(1000, ge=1)
+    verified_bar_seconds: float = Field(30.0, gt=0)
+
     # What the host reads back, capped before it is read.
     log_cap_bytes: int = Field(64 * 1024, ge=1024)
     result_cap_bytes: int = Field(32 * 1024 * 1024, ge=1024)

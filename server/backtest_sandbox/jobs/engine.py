@@ -28,6 +28,7 @@ from backtest_sandbox.domain.metrics import compute_metrics
 from backtest_sandbox.domain.models import (
     BacktestResult,
     EquityPoint,
+    Integrity,
     JobStatus,
     Provenance,
     RunError,
@@ -35,11 +36,17 @@ from backtest_sandbox.domain.models import (
 )
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.image import build as image
-from backtest_sandbox.sandbox.claim import CompletedClaim
+from backtest_sandbox.sandbox.claim import CompletedClaim, InvalidClaim, parse_claim
 from backtest_sandbox.sandbox.runner import ProgressCallback, SandboxJob, SandboxRunner
 from backtest_sandbox.sandbox.supervisor import Verdict
+from backtest_sandbox.verify.gate import BarGate, GateLimits
+from backtest_sandbox.verify.referee import RefereePool, RefereeRun
 
 from .cache import cache_key
+
+# The referee gets at least this long to finish after the strategy side ends (it follows one
+# bar behind, so it normally needs a fraction of a second).
+REFEREE_MIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,13 @@ class Engine:
     def __init__(self, settings: Settings, runner: SandboxRunner | None = None) -> None:
         self.settings = settings
         self.runner = runner or SandboxRunner(settings)
+        self._referees: RefereePool | None = None  # started by the first verified run
+        self._referees_lock = threading.Lock()
+        self._gate_limits = GateLimits(
+            max_message_bytes=settings.verified_max_message_bytes,
+            max_events_per_bar=settings.verified_max_events_per_bar,
+            bar_seconds=settings.verified_bar_seconds,
+        )
 
     @functools.cached_property
     def image_tag(self) -> str:
@@ -124,14 +138,36 @@ class Engine:
             if e.details.get("rule") != "changed":  # a race, not a property of the data
                 outcome.cache_key = self.cache_key(request)
             return outcome
+        referee = self._take_referee(request, data) if config.mode == "verified" else None
+        try:
+            return self._run_prepared(request, data, referee, cancel, on_progress)
+        finally:
+            if referee is not None:
+                referee.abort()  # done with it, or the run ended without a result to check
+
+    def _run_prepared(
+        self,
+        request: RunRequest,
+        data: catalog.PreparedData,
+        referee: RefereeRun | None,
+        cancel: threading.Event | None,
+        on_progress: ProgressCallback | None,
+    ) -> RunOutcome:
+        config = request.config
+        gate = None
+        inputs = {"data.csv": data.csv_bytes}
+        if referee is not None:  # verified: the bars go through the gate, never into /job
+            gate = BarGate(_bar_rows(data.csv_bytes), referee, self._gate_limits)
+            inputs = {}
         verdict = self.runner.run(
             SandboxJob(
                 backtest_id=request.backtest_id,
                 spec=_job_spec(request, data),
-                inputs={"data.csv": data.csv_bytes},
+                inputs=inputs,
                 memory_mb=config.memory_mb,
                 timeout_seconds=config.timeout_seconds,
                 expected_bars=data.bars,
+                conversation=gate,
             ),
             cancel=cancel,
             on_progress=on_progress,
@@ -147,7 +183,12 @@ class Engine:
                 f"logs_truncated: the output was longer than {self.settings.log_cap_bytes} "
                 f"bytes; its first and last {half} bytes are kept"
             )
-        result = _result(request, data, verdict, verdict.claim, warnings)
+        if referee is None or gate is None:
+            published, integrity = verdict.claim, Integrity(mode="fast")
+        else:
+            published, integrity = self._referee_numbers(request, data, verdict, gate, referee)
+            warnings.extend(_integrity_warnings(verdict.claim, published, integrity))
+        result = _result(request, data, verdict, published, integrity, warnings)
         return RunOutcome(
             status=JobStatus.COMPLETED,
             result=result,
@@ -155,6 +196,60 @@ class Engine:
             cache_key=cache_key(request, data.identity, self.image_tag),
             warm=verdict.warm,
         )
+
+    def _take_referee(self, request: RunRequest, data: catalog.PreparedData) -> RefereeRun:
+        """A referee for this run, handed its bars and broker already (verify/referee.py)."""
+        with self._referees_lock:
+            if self._referees is None:
+                self._referees = RefereePool(self.settings.max_workers)
+            pool = self._referees
+        referee = pool.take()
+        referee.begin(
+            {
+                "protocol": 1,
+                "timeframe": request.config.timeframe.name,
+                "broker": _broker(request.config),
+                "bars_csv": data.csv_bytes.decode(),
+            }
+        )
+        return referee
+
+    def _referee_numbers(
+        self,
+        request: RunRequest,
+        data: catalog.PreparedData,
+        verdict: Verdict,
+        gate: BarGate,
+        referee: RefereeRun,
+    ) -> tuple[CompletedClaim, Integrity]:
+        """The referee's result for a run whose strategy side completed, and the integrity
+        block that compares the two.
+
+        Raises:
+            SandboxError: the referee failed or its answer is not a valid result (it is our
+                own code: that is a fault of the host's side, never the strategy's).
+        """
+        timeout = max(REFEREE_MIN_SECONDS, request.config.timeout_seconds)
+        rejected, raw = referee.finish(gate.released, timeout)
+        try:
+            published = parse_claim(raw, expected_bars=data.bars)
+        except InvalidClaim as e:
+            raise SandboxError(f"the referee's result is invalid: {e}") from None
+        if not isinstance(published, CompletedClaim):
+            raise SandboxError("the referee did not complete its replay")
+        claim = verdict.claim
+        assert claim is not None
+        matches = claim.model_dump(exclude={"backtrader_version"}) == published.model_dump(
+            exclude={"backtrader_version"}
+        )
+        integrity = Integrity(
+            mode="verified",
+            verified=True,
+            claim_matches=matches,
+            events=gate.events,
+            rejected_events=gate.rejected_events + rejected,
+        )
+        return published, integrity
 
     def remove_orphans(self) -> int:
         """Remove every container of this project whose owner died; before any run starts.
@@ -165,8 +260,33 @@ class Engine:
         return self.runner.remove_orphans()
 
     def close(self) -> None:
-        """Remove the warm pool's containers and release the Docker client."""
+        """Remove the warm pool's containers, stop the idle referees, release the client."""
         self.runner.close()
+        with self._referees_lock:
+            if self._referees is not None:
+                self._referees.close()
+
+
+def _integrity_warnings(
+    claim: CompletedClaim, published: CompletedClaim, integrity: Integrity
+) -> list[str]:
+    warnings = []
+    if integrity.claim_matches is False:
+        warnings.append(
+            "claim_mismatch: the strategy process reported a final value of "
+            f"{claim.final_value:.2f} and {len(claim.trades)} closed trades; the referee, which "
+            f"runs no user code, computed {published.final_value:.2f} and "
+            f"{len(published.trades)} from the same bars and the orders the strategy "
+            "committed. The referee's numbers are the ones published"
+        )
+    if integrity.rejected_events:
+        warnings.append(
+            f"rejected_events: {integrity.rejected_events} of the strategy's "
+            f"{integrity.events} orders and cancels were refused (malformed, an unknown order "
+            "ref, before the first bar, or over the exposure cap); the published numbers "
+            "leave them out"
+        )
+    return warnings
 
 
 def _result(
@@ -174,6 +294,7 @@ def _result(
     data: catalog.PreparedData,
     verdict: Verdict,
     claim: CompletedClaim,
+    integrity: Integrity,
     warnings: list[str],
 ) -> BacktestResult:
     config = request.config
@@ -206,24 +327,39 @@ def _result(
             warm=verdict.warm,
         ),
         warnings=warnings,
+        integrity=integrity,
     )
+
+
+def _bar_rows(csv_bytes: bytes) -> list[bytes]:
+    """data.csv's rows, newline included, without the header: what the gate releases."""
+    return csv_bytes.splitlines(keepends=True)[1:]
+
+
+def _broker(config: BacktestConfig) -> dict[str, float]:
+    """The broker of the job spec (runner_image/PROTOCOL.md), the referee's the same."""
+    return {
+        "initial_capital": config.initial_capital,
+        "commission": config.commission,
+        "slippage": config.slippage,
+        "stake": config.stake,
+    }
 
 
 def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]:
     """The job spec of runner_image/PROTOCOL.md."""
     config = request.config
+    bars = {"timeframe": config.timeframe.name, "bars": data.bars}
+    if config.mode == "fast":
+        bars["path"] = "/job/data.csv"
     return {
         "protocol": 1,
+        "mode": config.mode,
         "code": request.code,
         "filename": STRATEGY_FILENAME,
         "params": config.params,
-        "broker": {
-            "initial_capital": config.initial_capital,
-            "commission": config.commission,
-            "slippage": config.slippage,
-            "stake": config.stake,
-        },
-        "data": {"path": "/job/data.csv", "timeframe": config.timeframe.name, "bars": data.bars},
+        "broker": _broker(config),
+        "data": bars,
     }
 
 

@@ -20,6 +20,7 @@ from backtest_sandbox.domain.models import (
     BacktestResult,
     DataInfo,
     EquityPoint,
+    Integrity,
     JobStatus,
     Provenance,
     RunError,
@@ -73,6 +74,7 @@ class ResultView(BaseModel):
     data: DataInfo
     provenance: Provenance
     warnings: list[str]
+    integrity: Integrity
     cached: bool = False
     chart: ChartSeries | None = None
 
@@ -278,6 +280,7 @@ def result_view(
         data=result.data,
         provenance=result.provenance,
         warnings=result.warnings,
+        integrity=result.integrity,
         cached=cached,
         chart=None
         if chart is None

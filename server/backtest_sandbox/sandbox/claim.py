@@ -1,7 +1,7 @@
 """Parsing the harness's result (runner_image/PROTOCOL.md): hostile bytes in, a typed claim out.
 
 The strategy runs in the same process as the harness, so these bytes may be anything: not
-UTF-8, deeply nested, NaN, a 10,000-digit integer, a claim of its own verdict. Only the two
+UTF-8, deeply nested, NaN, a 10,000-digit integer, a claim of its own verdict. Only the
 shapes of the protocol are accepted, with bounded strings and finite numbers.
 """
 
@@ -69,7 +69,21 @@ class FailedClaim(_Strict):
     error: StrategyFailure
 
 
-Claim = CompletedClaim | FailedClaim
+class UnsupportedClaim(_Strict):
+    """A verified run's strategy used what the referee cannot replay (PROTOCOL.md)."""
+
+    protocol: Literal[1]
+    outcome: Literal["unsupported_feature"]
+    backtrader_version: ShortText
+    feature: ShortText
+    error: StrategyFailure
+
+
+Claim = CompletedClaim | FailedClaim | UnsupportedClaim
+_SHAPES: dict[object, type[FailedClaim | UnsupportedClaim]] = {
+    "runtime_error": FailedClaim,
+    "unsupported_feature": UnsupportedClaim,
+}
 
 
 def _refuse_constant(name: str) -> Any:
@@ -87,7 +101,8 @@ def parse_claim(raw: bytes, *, expected_bars: int) -> Claim:
     """Validate the bytes against the protocol.
 
     Raises:
-        InvalidClaim: not UTF-8 JSON, not one of the two shapes, or inconsistent with the run.
+        InvalidClaim: not UTF-8 JSON, not one of the protocol's shapes, or inconsistent with
+            the run.
     """
     try:
         document = json.loads(
@@ -100,9 +115,7 @@ def parse_claim(raw: bytes, *, expected_bars: int) -> Claim:
         raise InvalidClaim(f"not valid JSON: {str(e)[:200]}") from None
     if not isinstance(document, dict):
         raise InvalidClaim("not a JSON object")
-    model: type[Claim] = (
-        FailedClaim if document.get("outcome") == "runtime_error" else CompletedClaim
-    )
+    model: type[Claim] = _SHAPES.get(document.get("outcome"), CompletedClaim)
     try:
         report = model.model_validate(document)
     except ValidationError as e:

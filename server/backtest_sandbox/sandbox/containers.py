@@ -187,6 +187,9 @@ class Sandbox:
             "init": command is not None,
             "command": command or self._strategy_command(),
             "environment": dict(SANDBOX_ENVIRONMENT),
+            # Open, so that a verified run's bar pipe can be attached to it (stdio.py); a fast
+            # run never reads it. Never a TTY: output stays framed, stdout apart from stderr.
+            "stdin_open": True,
             "mounts": [
                 Mount("/job", str(run_dir.input_dir), type="bind", read_only=True),
                 Mount("/out", str(run_dir.output_dir), type="bind", read_only=False),
@@ -358,6 +361,16 @@ class Sandbox:
         api = self.client.api
         api._disable_socket_timeout(api._get_raw_response_socket(stream._response))
         return _AttachStream(stream)
+
+    def attach_stdio(self, container: Container) -> socket.socket:
+        """One connection to the container's stdin, stdout and stderr, from the start (the
+        verified run's bar pipe, stdio.py). Blocking, no timeout: the reader sets its own.
+        """
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+        raw = self._call(self.client.api.attach_socket, container.id, params)
+        sock: socket.socket = getattr(raw, "_sock", raw)  # a SocketIO over a Unix socket
+        sock.settimeout(None)
+        return sock
 
     def logs(self, container: Container) -> bytes:
         """stdout and stderr, interleaved; bounded by the json-file log cap."""

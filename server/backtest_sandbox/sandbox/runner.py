@@ -8,6 +8,7 @@ layers above hand it bytes and limits.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -25,6 +26,7 @@ from .containers import Sandbox, docker_client
 from .logs import LogCollector, cap_logs
 from .pool import WarmPool
 from .rundir import new_run_dir
+from .stdio import Conversation, ConversationThread, StdioChannel
 from .supervisor import Verdict, decide, watch
 
 ProgressCallback = Callable[[int, int], None]  # (bars done, bars total)
@@ -41,6 +43,9 @@ class SandboxJob:
     memory_mb: int = DEFAULT_MEMORY_MB
     timeout_seconds: float = 120.0
     expected_bars: int = 0
+    # Verified mode: the conversation held over the container's stdin and stdout while it
+    # runs (the bar gate); None for a fast run, whose output is all logs.
+    conversation: Conversation | None = None
 
 
 class SandboxRunner:
@@ -116,7 +121,14 @@ class SandboxRunner:
             cleanup.callback(sandbox.remove, container)
             # Attached before the job can start (a warm harness starts the moment the spec
             # lands, a cold one when the container starts): no output is missed.
-            output = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
+            output: LogCollector | ConversationThread
+            if job.conversation is None:
+                output = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
+            else:
+                channel = StdioChannel(sandbox.attach_stdio(container), self.settings.log_cap_bytes)
+                output = ConversationThread(
+                    channel, job.conversation, functools.partial(sandbox.kill, container)
+                )
             # The inputs first and the spec last.
             for name, data in job.inputs.items():
                 run_dir.write_input(name, data)
@@ -137,10 +149,17 @@ class SandboxRunner:
                 on_progress=on_progress,
             )
             # From the stream; if it broke, what Docker's (rotated) log still holds.
-            kept = output.result()
+            problem = None
+            if isinstance(output, ConversationThread):
+                problem, kept = output.result()
+            else:
+                kept = output.result()
             logs, logs_cut = kept or cap_logs(sandbox.logs(container), self.settings.log_cap_bytes)
         verdict = decide(
-            observation, timeout_seconds=job.timeout_seconds, expected_bars=job.expected_bars
+            observation,
+            timeout_seconds=job.timeout_seconds,
+            expected_bars=job.expected_bars,
+            problem=problem,
         )
         return replace(
             verdict,

@@ -18,7 +18,7 @@ from docker.models.containers import Container
 from backtest_sandbox.domain.errors import ErrorType
 from backtest_sandbox.domain.models import JobStatus, RunError
 
-from .claim import CompletedClaim, FailedClaim, InvalidClaim, parse_claim
+from .claim import CompletedClaim, FailedClaim, InvalidClaim, UnsupportedClaim, parse_claim
 from .containers import ExitState, Sandbox
 from .rundir import OversizeError, RunDir
 
@@ -143,8 +143,19 @@ def _terminate(sandbox: Sandbox, container: Container, grace_seconds: float) -> 
         sandbox.kill(container, "SIGKILL")
 
 
-def decide(observation: Observation, *, timeout_seconds: float, expected_bars: int) -> Verdict:
-    """The verdict, in a fixed order: what the host saw first, what the sandbox said last."""
+def decide(
+    observation: Observation,
+    *,
+    timeout_seconds: float,
+    expected_bars: int,
+    problem: RunError | None = None,
+) -> Verdict:
+    """The verdict, in a fixed order: what the host saw first, what the sandbox said last.
+
+    `problem` is what the host's side of a verified run's bar pipe saw end the run early (a
+    bar unanswered past its bound, a message that breaks the protocol); the container was
+    killed for it, so it comes before anything the exit could say.
+    """
     o = observation
     if o.cancelled:
         return Verdict(JobStatus.CANCELLED)
@@ -155,6 +166,8 @@ def decide(observation: Observation, *, timeout_seconds: float, expected_bars: i
             limit_seconds=timeout_seconds,
             elapsed_seconds=round(o.elapsed_seconds, 3),
         )
+    if problem is not None:
+        return Verdict(JobStatus.FAILED, problem)
     if o.oom_killed:
         return _failed(
             ErrorType.MEMORY_LIMIT,
@@ -176,6 +189,12 @@ def decide(observation: Observation, *, timeout_seconds: float, expected_bars: i
         claim = parse_claim(o.result, expected_bars=expected_bars)
     except InvalidClaim as e:
         return _failed(ErrorType.RESULT_INVALID, f"the result breaks the protocol: {e}")
+    if isinstance(claim, UnsupportedClaim):
+        return _failed(
+            ErrorType.UNSUPPORTED_FEATURE,
+            claim.error.message,
+            feature=claim.feature,
+        )
     if isinstance(claim, FailedClaim):
         failure = claim.error
         return _failed(

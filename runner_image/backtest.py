@@ -1,0 +1,84 @@
+"""What the harness and the referee share: the Cerebro the config describes, and the
+`completed` result read back from a finished run (PROTOCOL.md). One definition, so that a
+strategy's claim and the referee's numbers can only differ by what happened in the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import backtrader as bt
+
+import failure
+import recorder
+
+PROTOCOL = 1
+RECORDER_NAME = "_sandbox_recorder"
+
+
+def build_cerebro(broker: dict[str, Any], feed: Any, **options: Any) -> Any:
+    """Cerebro with the feed, the broker and the default sizer set as PROTOCOL.md says.
+
+    `options` go to Cerebro itself (a verified run's strategy side: no preload, no runonce).
+    """
+    # stdstats=False: the default observers cost time and feed nothing we report.
+    # tradehistory=True: a closed trade's size and exit price come from its fills.
+    cerebro = bt.Cerebro(stdstats=False, tradehistory=True, **options)
+    cerebro.adddata(feed)
+    cerebro.broker.setcash(float(broker["initial_capital"]))
+    cerebro.broker.setcommission(commission=float(broker["commission"]))
+    cerebro.broker.set_slippage_perc(float(broker["slippage"]))
+    cerebro.addsizer(bt.sizers.FixedSize, stake=float(broker["stake"]))
+    return cerebro
+
+
+def add_recorder(cerebro: Any, progress: Any) -> None:
+    cerebro.addanalyzer(recorder.Recorder, _name=RECORDER_NAME, progress=progress)
+
+
+def completed_result(strategy: Any) -> dict[str, Any]:
+    """The `completed` result object from the recorder and the broker."""
+    record: recorder.Recorder = strategy.analyzers.getbyname(RECORDER_NAME)
+    timestamps = map(recorder.iso_timestamp, record.datetimes)
+    return {
+        "protocol": PROTOCOL,
+        "outcome": "completed",
+        "backtrader_version": bt.__version__,
+        "bars": len(record.values),
+        "final_value": float(strategy.broker.getvalue()),
+        "final_cash": float(strategy.broker.getcash()),
+        "bars_in_market": record.bars_in_market,
+        "equity_curve": [
+            [stamp, float(value)] for stamp, value in zip(timestamps, record.values, strict=True)
+        ],
+        "trades": record.trades,
+        "open_trades": record.open_trades,
+    }
+
+
+def encode_result(result: dict[str, Any]) -> bytes:
+    """The result as compact JSON. A non-finite number cannot be reported (the protocol has
+    no NaN, Infinity or null in a completed result): it becomes a runtime_error naming where.
+    """
+    try:
+        return json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:
+        where = _non_finite_path(result, "result") or "result"
+        message = f"the backtest produced a non-finite number ({where}), which cannot be reported"
+        error = failure.plain_error("ValueError", message)
+        return json.dumps(failure.error_result(bt.__version__, error), allow_nan=False).encode()
+
+
+def _non_finite_path(value: Any, path: str) -> str | None:
+    """Where in `value` the first NaN or infinity is, as `result.trades[0].pnl`."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items = ((f"{path}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    return next((found for sub, item in items if (found := _non_finite_path(item, sub))), None)

@@ -1,0 +1,82 @@
+"""Verified mode, strategy side: bars arrive one at a time over a pipe from the trusted side.
+
+PROTOCOL.md "Verified mode". Each time Cerebro asks the feed for its next bar, the feed first
+commits the events the strategy made since the last request (one JSON line), then waits for
+the trusted side's answer: the next bar as one CSV row of data.csv, or `E` when there is none.
+No bar after the current one is ever in this process, so `data.close[1]` raises IndexError.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+import backtrader as bt
+from backtrader.utils import date2num
+
+import datafeed
+
+END = b"E\n"
+
+
+class Channel:
+    """The two private file descriptors the bars come in on and the commits go out on."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._reader = os.fdopen(read_fd, "rb")
+        self._write_fd = write_fd
+
+    def exchange(self, commit: bytes) -> bytes:
+        """Send one commit line; the trusted side's answer, one line.
+
+        Raises:
+            EOFError: the trusted side closed the pipe (it ended the run).
+        """
+        view = memoryview(commit + b"\n")
+        while view:
+            view = view[os.write(self._write_fd, view) :]
+        line = self._reader.readline()
+        if not line.endswith(b"\n"):
+            raise EOFError("the trusted side closed the bar pipe")
+        return line
+
+
+class PipeFeed(bt.feed.DataBase):  # type: ignore[misc]  # backtrader is untyped
+    """A feed whose bars come from a `Channel`, one per `_load`: no preload, no look-ahead.
+
+    `commit` returns the events to send before each request (see verified.EventLog).
+    """
+
+    def start(self) -> None:
+        super().start()
+        self._ended = False
+
+    def _load(self) -> bool:
+        if self._ended:  # Cerebro may ask again after the end: no more exchanges
+            return False
+        line = self.channel.exchange(self.commit())
+        if line == END:
+            self._ended = True
+            return False
+        stamp, *values = line.decode("ascii").split(",")
+        # The same conversions as the fast path's FastPandasData: date2num of a naive
+        # datetime, and Python's correctly rounded float() (pandas' round_trip parser).
+        self.lines.datetime[0] = date2num(datetime.fromisoformat(stamp))
+        for line_buffer, text in zip(self._price_lines, values, strict=True):
+            line_buffer[0] = float(text)
+        return True
+
+    def _bind_lines(self) -> None:
+        self._price_lines = [getattr(self.lines, name) for name in datafeed.COLUMNS]
+
+
+def make_feed(channel: Channel, commit: Any, timeframe: str, total_bars: int) -> PipeFeed:
+    """The verified run's feed: `total_bars` bars of the MT5 `timeframe`, from `channel`."""
+    bt_timeframe, compression = datafeed.TIMEFRAMES[timeframe]
+    feed = PipeFeed(timeframe=bt_timeframe, compression=compression)
+    feed.channel = channel
+    feed.commit = commit
+    feed.total_bars = total_bars
+    feed._bind_lines()
+    return feed

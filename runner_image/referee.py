@@ -1,0 +1,179 @@
+"""The referee of a verified run: replays the committed events over the bars; runs no user code.
+
+Run as `python3 -I referee.py` by the host (a trusted process: PROTOCOL.md "The referee"). It
+starts, imports Backtrader, and waits on stdin for one job:
+
+    line 1       {"protocol": 1, "timeframe": "D1", "broker": {...}, "bars_csv": "<data.csv>"}
+    then         [stamp, [event, ...]]   the events the trusted side stamped with bar `stamp`,
+                                         stamps increasing (bars without events are skipped)
+    last         E <bars>                the strategy side was released <bars> bars in all
+
+and answers on stdout with two lines: `{"rejected_events": n}`, then the completed result
+(PROTOCOL.md "The result"), which the host validates as it validates the strategy's claim.
+The events arrive while the strategy still runs: the replay follows one bar behind it and
+blocks where it has caught up. Every event was validated by the host first; one that still
+cannot be placed (Backtrader raises, or it would exceed the exposure cap) is counted as
+rejected and left out, so no event can stop the replay.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from typing import IO, Any
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.dont_write_bytecode = True
+
+import compat  # noqa: E402
+
+compat.apply()
+
+import backtrader as bt  # noqa: E402
+
+import backtest  # noqa: E402
+import datafeed  # noqa: E402
+
+# No single order may be worth more than this many times the account's value when placed:
+# a strategy sized from equity it invented in its own process (a patched broker) could
+# otherwise be replayed into a position no account could hold. Backtrader's own cash check
+# (checksubmit) still applies on top, as in any run.
+MAX_ORDER_VALUE_MULTIPLE = 50.0
+_EXECTYPES = {name: index for index, name in enumerate(bt.Order.ExecTypes)}
+
+
+class EventSource:
+    """The event lines on `stream`, handed out bar by bar."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._ahead: tuple[int, list[dict[str, Any]]] | None = None
+        self._ended = False
+        self.bars: int | None = None  # how many bars the strategy side had, once known
+
+    def at(self, bar: int) -> list[dict[str, Any]]:
+        """The events stamped `bar`; blocks until the host has sent a later stamp or the end."""
+        found: list[dict[str, Any]] = []
+        while True:
+            if self._ahead is None:
+                if self._ended:
+                    return found
+                line = self._stream.readline()
+                if line.startswith(b"E"):
+                    self._ended = True
+                    self.bars = int(line[1:])
+                    return found
+                if not line:
+                    raise EOFError("the host closed the event stream without its end")
+                stamp, events = json.loads(line)
+                self._ahead = (stamp, events)
+            stamp, events = self._ahead
+            if stamp > bar:
+                return found
+            self._ahead = None
+            if stamp == bar:
+                found.extend(events)
+
+
+class Replay(bt.Strategy):  # type: ignore[misc]  # backtrader is untyped
+    """Places the committed orders and cancels at the bar they were stamped with."""
+
+    params = (("events", None),)
+
+    def start(self) -> None:
+        self.rejected = 0
+        self._replayed: dict[int, Any] = {}  # the strategy's order ref -> the replayed order
+
+    def next(self) -> None:
+        events = self.p.events
+        for event in events.at(len(self.data) - 1):
+            try:
+                placed = self._apply(event)
+            except Exception:  # whatever Backtrader makes of a strange but valid event
+                placed = False
+            if not placed:
+                self.rejected += 1
+        if events.bars is not None and len(self.data) >= events.bars:
+            self.env.runstop()  # the strategy side stopped here (runstop, or its end)
+
+    def _apply(self, event: dict[str, Any]) -> bool:
+        if event["op"] == "cancel":
+            order = self._replayed.get(event["ref"])
+            if order is None:
+                return False
+            self.broker.cancel(order)
+            return True
+        oco = self._linked(event["oco"])
+        parent = self._linked(event["parent"])
+        if oco is False or parent is False:
+            return False
+        data = self.datas[event["feed"]]
+        price = event["price"] or data.close[0]
+        if event["size"] * price > MAX_ORDER_VALUE_MULTIPLE * self.broker.getvalue():
+            return False
+        place = self.broker.buy if event["side"] == "buy" else self.broker.sell
+        self._replayed[event["ref"]] = place(
+            self,
+            data,
+            size=event["size"],
+            price=event["price"],
+            plimit=event["plimit"],
+            exectype=_EXECTYPES[event["exectype"]],
+            valid=event["valid"],
+            tradeid=event["tradeid"],
+            oco=oco,
+            trailamount=event["trailamount"],
+            trailpercent=event["trailpercent"],
+            parent=parent,
+            transmit=event["transmit"],
+        )
+        return True
+
+    def _linked(self, ref: int | None) -> Any:
+        """The replayed order `ref` names, None for none, False for one never placed here."""
+        if ref is None:
+            return None
+        return self._replayed.get(ref, False)
+
+
+class _NoProgress:
+    """The referee reports no progress: the strategy side's is the one users see."""
+
+    def tick(self, done: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def referee(header: dict[str, Any], events: EventSource) -> tuple[int, dict[str, Any]]:
+    """Replay one job: (events rejected, the completed result)."""
+    frame = datafeed.read_bars(io.StringIO(header["bars_csv"]))
+    cerebro = backtest.build_cerebro(
+        header["broker"], datafeed.make_feed(frame, header["timeframe"])
+    )
+    cerebro.addstrategy(Replay, events=events)
+    backtest.add_recorder(cerebro, _NoProgress())
+    (strategy,) = cerebro.run()
+    return strategy.rejected, backtest.completed_result(strategy)
+
+
+def main() -> None:
+    datafeed.warm_up()
+    stdin = sys.stdin.buffer
+    header = json.loads(stdin.readline())  # a warm referee waits here for its job
+    if header.get("protocol") != backtest.PROTOCOL:
+        raise ValueError(f"unsupported protocol {header.get('protocol')!r}")
+    rejected, result = referee(header, EventSource(stdin))
+    out = sys.stdout.buffer
+    out.write(json.dumps({"rejected_events": rejected}).encode() + b"\n")
+    out.write(backtest.encode_result(result) + b"\n")
+    out.flush()
+
+
+if __name__ == "__main__":
+    main()
+    os._exit(0)  # the answer is flushed: skip the interpreter's teardown (~0.1 s of pandas)

@@ -1,0 +1,106 @@
+"""The bar gate: the trusted side of a verified run's pipe (docs/interface.md section 7).
+
+It releases the bars one at a time and releases bar t+1 only once the strategy side has
+committed what it did up to bar t. Each commit is stamped with the newest bar the gate had
+released, whatever the strategy says of itself: a strategy that pulls bars early only gets its
+orders stamped late. What it accepts goes on to the referee as it comes, so the replay runs
+alongside the strategy, one bar behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from backtest_sandbox.domain.errors import ErrorType
+from backtest_sandbox.domain.models import RunError
+
+from .events import EventCheck, ProtocolViolation, parse_commit
+from .referee import RefereeRun
+
+END = b"E\n"  # no more bars
+
+
+class LineChannel(Protocol):
+    """The pipe to the strategy side, as the sandbox provides it (sandbox/stdio.py)."""
+
+    def read_line(self, cap: int, timeout: float | None = None) -> bytes | None: ...
+
+    def send(self, data: bytes) -> bool: ...
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    max_message_bytes: int
+    max_events_per_bar: int
+    bar_seconds: float  # how long the strategy may take over one bar
+
+
+class BarGate:
+    """One verified run's gate. `talk` holds the conversation; the counts stay readable."""
+
+    def __init__(
+        self, bars: Sequence[bytes], referee: RefereeRun, limits: GateLimits, feeds: int = 1
+    ) -> None:
+        self._bars = bars  # one data.csv row each, newline included
+        self._referee = referee
+        self._limits = limits
+        self._check = EventCheck(feeds)
+        self.released = 0  # bars handed to the strategy side so far
+        self.events = 0  # events committed
+        self.rejected_events = 0  # of those, refused here
+
+    def talk(self, channel: LineChannel) -> RunError | None:
+        """Serve every bar, then the end. None when the strategy side ended the conversation
+        (its exit then decides the verdict); an error when it broke the pipe's rules."""
+        limits = self._limits
+        total = len(self._bars)
+        for index in range(total + 1):
+            # Before the first bar the strategy is being set up: only the run's timeout holds.
+            timeout = limits.bar_seconds if index else None
+            try:
+                line = channel.read_line(limits.max_message_bytes, timeout)
+            except TimeoutError:
+                return _error(
+                    ErrorType.TIMEOUT,
+                    f"the strategy did not finish bar {index} of {total} within "
+                    f"{limits.bar_seconds:g} s (the per-bar limit of a verified run)",
+                    limit_seconds=limits.bar_seconds,
+                    bar=index,
+                )
+            except ValueError as e:  # LineTooLong
+                return _error(
+                    ErrorType.RESULT_INVALID,
+                    f"the strategy side sent {e} on the bar pipe, over the limit of "
+                    f"{limits.max_message_bytes} bytes",
+                    bar=index,
+                )
+            if line is None:
+                return None
+            try:
+                self._commit(line, stamp=index - 1)
+            except ProtocolViolation as e:
+                return _error(
+                    ErrorType.RESULT_INVALID,
+                    f"the strategy side broke the bar pipe's protocol at bar {index}: {e}",
+                    bar=index,
+                )
+            if not channel.send(self._bars[index] if index < total else END):
+                return None
+            self.released = min(index + 1, total)
+        return None
+
+    def _commit(self, line: bytes, stamp: int) -> None:
+        """Check one commit, count it, and pass what is accepted to the referee."""
+        events = parse_commit(line, self._limits.max_events_per_bar)
+        self.events += len(events)
+        # Nothing can be ordered before the first bar (stamp -1): all of it is refused.
+        accepted = [event for event in events if stamp >= 0 and self._check.accept(event)]
+        self.rejected_events += len(events) - len(accepted)
+        if accepted:
+            self._referee.send(stamp, accepted)
+
+
+def _error(error_type: ErrorType, message: str, **details: object) -> RunError:
+    return RunError(type=error_type, message=message, details=details)
