@@ -70,7 +70,8 @@ class EventLog:
         self._pending = []
         return line
 
-    def order(self, order: Any) -> None:
+    def order(self, order: Any, oco_leader: int) -> None:
+        """Record `order`; `oco_leader` is the ref of its OCO group's first order."""
         self._pending.append(
             {
                 "op": "order",
@@ -83,7 +84,9 @@ class EventLog:
                 "exectype": bt.Order.ExecTypes[order.exectype],
                 "valid": _number(order.valid),  # resolved by Order: a date number or None
                 "tradeid": order.p.tradeid,
-                "oco": _ref(order.p.oco),
+                # The broker keeps the OCO link itself (order.p.oco stays None): the group's
+                # leader stands for it, which links the replayed order into the same group.
+                "oco": None if oco_leader == order.ref else oco_leader,
                 "parent": _ref(order.p.parent),
                 "transmit": bool(order.p.transmit),
                 "trailamount": _number(order.p.trailamount),
@@ -127,7 +130,7 @@ def guard(cerebro: Any, events: EventLog) -> None:
                 raise UnsupportedFeature(
                     "Order.Historical", "Order.Historical is not supported in a verified run"
                 )
-            events.order(order)
+            events.order(order, broker._ocos.get(order.ref, order.ref))
             return order
 
         return place_and_record

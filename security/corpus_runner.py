@@ -13,6 +13,10 @@ what the host must see:
     # config: {"timeout_seconds": 5}       optional: BacktestConfig fields over the defaults
     # proof: ATTEMPTED fork                regexes the logs must match: the attack really ran
     # raises: BlockingIOError|RuntimeError when the verdict is runtime_error, the exception type
+    # message: look-ahead                  a regex the error's message must match
+    # integrity: {"claim_matches": false}  fields the completed result's integrity must have
+    # forged-final-value: 1e7              the number the strategy forged: never published
+    #                                      (except in a residual case, where it is)
     # exit-code: 137                       when the verdict is crashed, the exit code
 
 Any key may have a `-runsc` (or `-runc`) twin that replaces it under that runtime, for the
@@ -53,7 +57,10 @@ from backtest_sandbox.sandbox.containers import (
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 SECCOMP_PROFILE = BUILTIN_SECCOMP_PROFILE  # the server's default; shipped in the package
 VERDICTS = frozenset(
-    {"completed", "runtime_error", "timeout", "memory_limit", "crashed", "result_invalid"}
+    {
+        "completed", "runtime_error", "timeout", "memory_limit", "crashed", "result_invalid",
+        "unsupported_feature",
+    }
 )
 REQUIRED_KEYS = ("attack", "expect", "checks", "control", "proof")
 BASE_CONFIG: dict[str, Any] = {
@@ -114,6 +121,12 @@ class Case:
 
     def raises(self, runtime: str) -> str | None:
         return next(iter(self.values("raises", runtime)), None)
+
+    def integrity(self) -> dict[str, Any]:
+        return json.loads(self.header["integrity"][0]) if "integrity" in self.header else {}
+
+    def message(self) -> str | None:
+        return self.header.get("message", [None])[0]
 
     def exit_code(self, runtime: str) -> int | None:
         value = next(iter(self.values("exit-code", runtime)), None)

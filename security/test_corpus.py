@@ -85,11 +85,19 @@ def test_case(case, corpus_result: CorpusResult, host_canary_secret: str) -> Non
     for proof in case.proofs(run.runtime):
         assert re.search(proof, run.outcome.logs), f"no proof {proof!r} in the logs{context}"
 
-    # A forged result is never believed, except for the documented residual risk.
-    if case.residual:
+    if case.message() is not None:
+        assert re.search(case.message(), error.message), f"message {error.message!r}{context}"
+
+    # A forged result is never believed, except for the documented residual risk (fast mode).
+    if "forged-final-value" in case.header:
         forged = float(case.header["forged-final-value"][0])
         assert run.outcome.result is not None, context
-        assert run.outcome.result.metrics["final_value"] == forged, context
+        published = run.outcome.result.metrics["final_value"]
+        assert (published == forged) is case.residual, f"published {published}{context}"
+    for name, wanted in case.integrity().items():
+        assert run.outcome.result is not None, context
+        actual = getattr(run.outcome.result.integrity, name)
+        assert actual == wanted, f"integrity.{name} is {actual}, not {wanted}{context}"
 
     # The mode under test really ran: in pool mode, a warm container served the run.
     check_warm(run, corpus_result.mode)

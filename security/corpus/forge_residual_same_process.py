@@ -2,14 +2,17 @@
 #   "completed" result with invented numbers (a final value of 1e9 from one bar) and exit 0
 #   before the harness writes the real one
 # expect: completed
-# residual: same-process result forgery. The host can only check the result's shape and its
-#   consistency with the run (bars <= the data's, one equity point per bar); a strategy that
-#   writes a schema-valid result is believed. THREAT_MODEL.md explains what would close it (a
-#   harness in a separate process under another uid, recomputing the equity from the orders).
+# config: {"mode": "fast"}
+# residual: same-process result forgery in fast mode. The host can only check the result's
+#   shape and its consistency with the run (bars <= the data's, one equity point per bar); a
+#   strategy that writes a schema-valid result is believed. Verified mode (the default) closes
+#   it: see verified_forge_result, the same attack with a referee.
 # forged-final-value: 1000000000.0
-# checks: documents the residual risk: the forged numbers are what the host reports (this case
-#   fails the day the risk is closed, so that the model and the corpus are updated together)
-# control: none today (residual); the schema and bar-count checks bound what can be claimed
+# checks: documents the residual risk of fast mode: the forged numbers are what the host
+#   reports there (this case fails the day fast mode changes, so that the model and the corpus
+#   are updated together)
+# control: none in fast mode (residual); the schema and bar-count checks bound what can be
+#   claimed; verified mode publishes the referee's numbers instead
 # proof: ATTEMPTED same-process forgery
 import json
 import os
