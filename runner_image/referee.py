@@ -42,6 +42,9 @@ import datafeed  # noqa: E402
 # otherwise be replayed into a position no account could hold. Backtrader's own cash check
 # (checksubmit) still applies on top, as in any run.
 MAX_ORDER_VALUE_MULTIPLE = 50.0
+# Orders resting at once: Backtrader checks each on every bar, so a flood of resting orders
+# would cost the host's referee time and memory that grow with the square of the run.
+MAX_OPEN_ORDERS = 500
 _EXECTYPES = {name: index for index, name in enumerate(bt.Order.ExecTypes)}
 
 
@@ -111,8 +114,12 @@ class Replay(bt.Strategy):  # type: ignore[misc]  # backtrader is untyped
         if oco is False or parent is False:
             return False
         data = self.datas[event["feed"]]
-        price = event["price"] or data.close[0]
+        # Valued at the higher of its own price and the last close: a tiny limit price must
+        # not carry a huge order past the cap (it would fill at the market's price).
+        price = max(event["price"] or 0.0, data.close[0])
         if event["size"] * price > MAX_ORDER_VALUE_MULTIPLE * self.broker.getvalue():
+            return False
+        if len(self.broker.pending) + len(self.broker.submitted) >= MAX_OPEN_ORDERS:
             return False
         place = self.broker.buy if event["side"] == "buy" else self.broker.sell
         self._replayed[event["ref"]] = place(

@@ -12,6 +12,7 @@ ending in a result that does not match.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from typing import Any
 
@@ -83,7 +84,7 @@ class EventLog:
                 "plimit": _number(order.p.pricelimit),
                 "exectype": bt.Order.ExecTypes[order.exectype],
                 "valid": _number(order.valid),  # resolved by Order: a date number or None
-                "tradeid": order.p.tradeid,
+                "tradeid": _integer(order.p.tradeid),
                 # The broker keeps the OCO link itself (order.p.oco stays None): the group's
                 # leader stands for it, which links the replayed order into the same group.
                 "oco": None if oco_leader == order.ref else oco_leader,
@@ -111,6 +112,11 @@ def _number(value: Any) -> Any:
         return float(value)
     except (TypeError, ValueError):
         return str(value)  # refused by the trusted side, which sees what was passed
+
+
+def _integer(value: Any) -> Any:
+    """A numpy integer as a JSON number; anything else as it is (the trusted side judges)."""
+    return int(value) if isinstance(value, numbers.Integral) else _number(value)
 
 
 def _ref(order: Any) -> Any:

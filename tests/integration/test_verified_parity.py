@@ -34,7 +34,8 @@ class SmaCross(bt.Strategy):
     params = (("fast", 10), ("slow", 30))
 
     def __init__(self):
-        self.cross = bt.ind.CrossOver(bt.ind.SMA(period=self.p.fast), bt.ind.SMA(period=self.p.slow))
+        fast, slow = bt.ind.SMA(period=self.p.fast), bt.ind.SMA(period=self.p.slow)
+        self.cross = bt.ind.CrossOver(fast, slow)
 
     def next(self):
         if self.cross > 0:

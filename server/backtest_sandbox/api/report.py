@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from backtest_sandbox.domain.metric_names import METRIC_MEANINGS
-from backtest_sandbox.domain.models import BacktestResult
+from backtest_sandbox.domain.models import BacktestResult, Integrity
 from backtest_sandbox.jobs.results import equity_csv, trades_csv
 from backtest_sandbox.jobs.views import chart_series
 
@@ -208,15 +208,7 @@ def _page(
         table = monthly_returns(stamps, values, initial_capital)
         parts += ["<h2>Monthly returns</h2>", _img(_heatmap_png(table), "monthly returns")]
     parts.append(_trades_html(result.trade_log))
-    parts += [
-        "<h2>Integrity</h2>",
-        "<p class=note>Not verified. This release runs every backtest in <b>fast</b> mode: the "
-        "figures come from the strategy's own process, which the host checks for shape and "
-        "consistency (bars, one equity point per bar, finite numbers) but cannot re-compute. "
-        "Verified mode, where a trusted referee computes them, is planned (interface section "
-        "7).</p>",
-        "<h2>Provenance</h2><table>",
-    ]
+    parts += ["<h2>Integrity</h2>", _integrity_html(result.integrity), "<h2>Provenance</h2><table>"]
     facts: dict[str, object] = {
         "data source": data.source, "data file": data.path or "-", "data sha256": data.sha256,
         "code sha256": provenance.code_sha256, "config sha256": provenance.config_sha256,
@@ -233,6 +225,24 @@ def _page(
         parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _integrity_html(integrity: Integrity) -> str:
+    if not integrity.verified:
+        return (
+            "<p class=note>Not verified: a <b>fast</b> run. The figures come from the "
+            "strategy's own process, which the host checks for shape and consistency (bars, one "
+            "equity point per bar, finite numbers) but cannot re-compute.</p>"
+        )
+    matches = {True: "yes", False: "<b>no</b> (the strategy reported other numbers)", None: "-"}
+    return (
+        "<p class=note>Verified: the strategy saw each bar only once it had happened, and a "
+        "referee that runs no user code computed these figures from the orders it committed."
+        f"</p><table><tr><th>orders and cancels</th><td>{integrity.events}</td></tr>"
+        f"<tr><th>refused</th><td>{integrity.rejected_events}</td></tr>"
+        f"<tr><th>strategy's claim matched</th><td>{matches[integrity.claim_matches]}</td></tr>"
+        "</table>"
+    )
 
 
 def _trades_html(trades: list[dict[str, Any]]) -> str:

@@ -94,7 +94,8 @@ class Settings(BaseSettings):
 
     # Verified mode's pipe (docs/security.md "Verified mode"): what one commit may hold, and
     # how long the strategy may take over one bar before the run ends as a timeout.
-    verified_max_message_bytes: int = Field(256 * 1024, ge=1024)
+    # A message holds up to the events limit (an order is ~300 bytes of JSON).
+    verified_max_message_bytes: int = Field(1024 * 1024, ge=1024)
     verified_max_events_per_bar: int = Field(1000, ge=1)
     verified_bar_seconds: float = Field(30.0, gt=0)
 

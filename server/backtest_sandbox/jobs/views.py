@@ -74,7 +74,7 @@ class ResultView(BaseModel):
     data: DataInfo
     provenance: Provenance
     warnings: list[str]
-    integrity: Integrity
+    integrity: Integrity = Field(default_factory=Integrity)  # stored before: fast
     cached: bool = False
     chart: ChartSeries | None = None
 

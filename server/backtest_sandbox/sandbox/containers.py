@@ -362,15 +362,13 @@ class Sandbox:
         api._disable_socket_timeout(api._get_raw_response_socket(stream._response))
         return _AttachStream(stream)
 
-    def attach_stdio(self, container: Container) -> socket.socket:
+    def attach_stdio(self, container: Container) -> Any:
         """One connection to the container's stdin, stdout and stderr, from the start (the
-        verified run's bar pipe, stdio.py). Blocking, no timeout: the reader sets its own.
+        verified run's bar pipe, stdio.py): docker-py's socket object (over a Unix socket, a
+        SocketIO whose `_sock` is the socket itself).
         """
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
-        raw = self._call(self.client.api.attach_socket, container.id, params)
-        sock: socket.socket = getattr(raw, "_sock", raw)  # a SocketIO over a Unix socket
-        sock.settimeout(None)
-        return sock
+        return self._call(self.client.api.attach_socket, container.id, params)
 
     def logs(self, container: Container) -> bytes:
         """stdout and stderr, interleaved; bounded by the json-file log cap."""

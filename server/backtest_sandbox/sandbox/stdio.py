@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from backtest_sandbox.domain.models import RunError
 
@@ -32,8 +32,9 @@ class LineTooLong(ValueError):
 class StdioChannel:
     """Lines from the container's stdout, bytes to its stdin, its stderr kept as logs."""
 
-    def __init__(self, sock: socket.socket, log_cap: int) -> None:
-        self._sock = sock
+    def __init__(self, connection: Any, log_cap: int) -> None:
+        self._connection = connection  # what docker-py gave: closed with the socket
+        self._sock: socket.socket = getattr(connection, "_sock", connection)
         self._frames = bytearray()  # received, not yet demultiplexed
         self._stdout = bytearray()  # stdout bytes not yet read as lines
         self._ended = False
@@ -80,6 +81,8 @@ class StdioChannel:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        if self._connection is not self._sock:
+            self._connection.close()
 
     def _receive(self, deadline: float | None) -> None:
         if deadline is None:
@@ -145,13 +148,22 @@ class ConversationThread:
         try:
             self._problem = self._conversation.talk(self._channel)
             if self._problem is not None:
-                self._stop_run()
+                self._stop_run_aside()
             self._channel.drain()
         except BaseException as e:  # top of a thread: result() hands it to the caller
             self._failed = e
-            self._stop_run()
+            self._stop_run_aside()
         finally:
             self._channel.close()
+
+    def _stop_run_aside(self) -> None:
+        # On a thread of its own, while this one keeps reading: a container blocked writing
+        # to the stream we stopped reading would otherwise hold the daemon's kill.
+        threading.Thread(target=self._stop_run_quietly, name="sandbox-stop", daemon=True).start()
+
+    def _stop_run_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # the supervisor's deadline and kill still apply
+            self._stop_run()
 
     def result(self) -> tuple[RunError | None, tuple[str, bool] | None]:
         """(what ended the run early, the logs) once the stopped container's stream has ended;

@@ -101,7 +101,9 @@ def _is_ref(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+    if type(value) is int:
+        return abs(value) < MAX_REF  # past float range, isfinite() would raise
+    return type(value) is float and math.isfinite(value)
 
 
 def _is_positive(value: Any) -> bool:

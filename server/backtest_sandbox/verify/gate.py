@@ -69,11 +69,11 @@ class BarGate:
                     limit_seconds=limits.bar_seconds,
                     bar=index,
                 )
-            except ValueError as e:  # LineTooLong
+            except ValueError:  # LineTooLong
                 return _error(
                     ErrorType.RESULT_INVALID,
-                    f"the strategy side sent {e} on the bar pipe, over the limit of "
-                    f"{limits.max_message_bytes} bytes",
+                    "the strategy side sent a message over the limit of "
+                    f"{limits.max_message_bytes} bytes on the bar pipe",
                     bar=index,
                 )
             if line is None:

@@ -97,8 +97,7 @@ class RefereePool:
         self._idle: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._refilling = False
-        self._refill_soon()
+        self._refilling = False  # the first run starts its own; each end refills
 
     def take(self) -> RefereeRun:
         """A referee for one run: a warm one if there is one, else one started now.
