@@ -69,7 +69,7 @@ class Probe(bt.Strategy):
             "stdlib_write": refusal(write_in(paths["stdlib"])),
             "site_write": refusal(write_in(paths["purelib"])),
             "read_only_mounts": sorted(m[4] for m in mounts if m[5].split(",")[0] == "ro"),
-            "data_write": refusal(lambda: open("/job/data.csv", "a")),
+            "data_write": refusal(lambda: open("/job/spec.json", "a")),
             "data_create": refusal(lambda: open("/job/evil", "w")),
             "out_create": refusal(lambda: open("/out/evil", "w")),
             "socket_connect": refusal(connect),

@@ -46,13 +46,13 @@ def engine_for(data_dir: Path, tmp_path: Path) -> Iterator[Any]:
         engine.close()
 
 
-def request() -> Any:
+def request(mode: str = "verified") -> Any:
     from backtest_sandbox.domain.code import new_backtest_id
     from backtest_sandbox.domain.config import BacktestConfig
     from backtest_sandbox.jobs.engine import RunRequest
 
     config = BacktestConfig(
-        symbol="ORCL", timeframe="D1", start_date="2010-01-01", end_date="2010-12-31"
+        symbol="ORCL", timeframe="D1", start_date="2010-01-01", end_date="2010-12-31", mode=mode
     )
     return RunRequest(backtest_id=new_backtest_id(), code=SMA_CROSS, config=config)
 
@@ -76,22 +76,37 @@ def sandbox_fail(*args: Any, **kwargs: Any) -> Any:
     raise SandboxError("injected Docker failure")
 
 
-# (what to break, with which failure): every step between taking the container and removing it.
+# (what to break, with which failure, in which mode): every step between taking the container
+# and removing it. The output is read by the log collector in fast mode and by the bar pipe's
+# conversation in verified mode.
 POINTS = [
-    pytest.param("backtest_sandbox.sandbox.rundir.RunDir.write_input", fail, id="write_input"),
-    pytest.param("backtest_sandbox.sandbox.rundir.RunDir.write_spec", fail, id="write_spec"),
-    pytest.param("backtest_sandbox.sandbox.runner.watch", sandbox_fail, id="watch"),
-    pytest.param("backtest_sandbox.sandbox.runner.watch", fail, id="watch-bug"),
+    # A fast run writes data.csv into /job; a verified one writes only the spec there.
     pytest.param(
-        "backtest_sandbox.sandbox.containers.Sandbox.log_stream", sandbox_fail, id="log_stream"
+        "backtest_sandbox.sandbox.rundir.RunDir.write_input", fail, "fast", id="write_input"
     ),
-    pytest.param("backtest_sandbox.sandbox.runner.LogCollector.result", fail, id="logs"),
+    pytest.param(
+        "backtest_sandbox.sandbox.rundir.RunDir.write_spec", fail, "verified", id="write_spec"
+    ),
+    pytest.param("backtest_sandbox.sandbox.runner.watch", sandbox_fail, "verified", id="watch"),
+    pytest.param("backtest_sandbox.sandbox.runner.watch", fail, "verified", id="watch-bug"),
+    pytest.param(
+        "backtest_sandbox.sandbox.containers.Sandbox.log_stream", sandbox_fail, "fast",
+        id="log_stream",
+    ),
+    pytest.param("backtest_sandbox.sandbox.runner.LogCollector.result", fail, "fast", id="logs"),
+    pytest.param(
+        "backtest_sandbox.sandbox.containers.Sandbox.attach_stdio", sandbox_fail, "verified",
+        id="attach_stdio",
+    ),
+    pytest.param(
+        "backtest_sandbox.sandbox.runner.ConversationThread.result", fail, "verified", id="pipe"
+    ),
 ]
 
 
-@pytest.mark.parametrize(("target", "failure"), POINTS)
+@pytest.mark.parametrize(("target", "failure", "mode"), POINTS)
 def test_a_failure_after_taking_a_warm_container_removes_it(
-    target: str, failure: Any, engine_for: Any, monkeypatch: pytest.MonkeyPatch
+    target: str, failure: Any, mode: str, engine_for: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = engine_for(pool_size=1)
     sandbox = engine.runner.sandbox()
@@ -100,9 +115,9 @@ def test_a_failure_after_taking_a_warm_container_removes_it(
     monkeypatch.setattr(target, failure)
     if failure is fail:
         with pytest.raises(Injected):
-            engine.run(request())
+            engine.run(request(mode))
     else:
-        outcome = engine.run(request())
+        outcome = engine.run(request(mode))
         assert outcome.error is not None and outcome.error.type == "sandbox_error"
         assert "injected Docker failure" in outcome.error.message
     monkeypatch.undo()

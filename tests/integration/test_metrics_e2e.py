@@ -44,7 +44,7 @@ class SmaCrossEndsFlat(bt.Strategy):
         self.cross = bt.ind.CrossOver(fast, slow)
 
     def next(self):
-        closing_time = len(self) >= self.data.buflen() - 1
+        closing_time = len(self) >= self.data.total_bars - 1  # buflen() in fast mode only
         if self.position and (closing_time or self.cross < 0):
             self.close()
         elif not self.position and not closing_time and self.cross > 0:
