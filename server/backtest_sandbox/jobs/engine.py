@@ -40,7 +40,7 @@ from backtest_sandbox.sandbox.claim import CompletedClaim, InvalidClaim, parse_c
 from backtest_sandbox.sandbox.runner import ProgressCallback, SandboxJob, SandboxRunner
 from backtest_sandbox.sandbox.supervisor import Verdict
 from backtest_sandbox.verify.gate import BarGate, GateLimits
-from backtest_sandbox.verify.referee import RefereePool, RefereeRun
+from backtest_sandbox.verify.referee import RefereePool
 
 from .cache import cache_key
 
@@ -138,27 +138,24 @@ class Engine:
             if e.details.get("rule") != "changed":  # a race, not a property of the data
                 outcome.cache_key = self.cache_key(request)
             return outcome
-        referee = self._take_referee(request, data) if config.mode == "verified" else None
+        # Verified: the bars go through the gate, never into /job.
+        gate = self._bar_gate(request, data) if config.mode == "verified" else None
         try:
-            return self._run_prepared(request, data, referee, cancel, on_progress)
+            return self._run_prepared(request, data, gate, cancel, on_progress)
         finally:
-            if referee is not None:
-                referee.abort()  # done with it, or the run ended without a result to check
+            if gate is not None:
+                gate.referee.abort()  # done with it, or the run ended without a result to check
 
     def _run_prepared(
         self,
         request: RunRequest,
         data: catalog.PreparedData,
-        referee: RefereeRun | None,
+        gate: BarGate | None,
         cancel: threading.Event | None,
         on_progress: ProgressCallback | None,
     ) -> RunOutcome:
         config = request.config
-        gate = None
-        inputs = {"data.csv": data.csv_bytes}
-        if referee is not None:  # verified: the bars go through the gate, never into /job
-            gate = BarGate(_bar_rows(data.csv_bytes), referee, self._gate_limits)
-            inputs = {}
+        inputs = {} if gate is not None else {"data.csv": data.csv_bytes}
         verdict = self.runner.run(
             SandboxJob(
                 backtest_id=request.backtest_id,
@@ -183,10 +180,10 @@ class Engine:
                 f"logs_truncated: the output was longer than {self.settings.log_cap_bytes} "
                 f"bytes; its first and last {half} bytes are kept"
             )
-        if referee is None or gate is None:
+        if gate is None:
             published, integrity = verdict.claim, Integrity(mode="fast")
         else:
-            published, integrity = self._referee_numbers(request, data, verdict, gate, referee)
+            published, integrity = self._referee_numbers(request, data, verdict, gate)
             warnings.extend(_integrity_warnings(verdict.claim, published, integrity))
         result = _result(request, data, verdict, published, integrity, warnings)
         return RunOutcome(
@@ -197,8 +194,8 @@ class Engine:
             warm=verdict.warm,
         )
 
-    def _take_referee(self, request: RunRequest, data: catalog.PreparedData) -> RefereeRun:
-        """A referee for this run, handed its bars and broker already (verify/referee.py)."""
+    def _bar_gate(self, request: RunRequest, data: catalog.PreparedData) -> BarGate:
+        """The gate of a verified run, with a referee already handed its bars and broker."""
         with self._referees_lock:
             if self._referees is None:
                 self._referees = RefereePool(self.settings.max_workers)
@@ -212,7 +209,7 @@ class Engine:
                 "bars_csv": data.csv_bytes.decode(),
             }
         )
-        return referee
+        return BarGate(_bar_rows(data.csv_bytes), referee, self._gate_limits)
 
     def _referee_numbers(
         self,
@@ -220,7 +217,6 @@ class Engine:
         data: catalog.PreparedData,
         verdict: Verdict,
         gate: BarGate,
-        referee: RefereeRun,
     ) -> tuple[CompletedClaim, Integrity]:
         """The referee's result for a run whose strategy side completed, and the integrity
         block that compares the two.
@@ -230,7 +226,7 @@ class Engine:
                 own code: that is a fault of the host's side, never the strategy's).
         """
         timeout = max(REFEREE_MIN_SECONDS, request.config.timeout_seconds)
-        rejected, raw = referee.finish(gate.released, timeout)
+        rejected, raw = gate.referee.finish(gate.released, timeout)
         try:
             published = parse_claim(raw, expected_bars=data.bars)
         except InvalidClaim as e:
@@ -283,8 +279,8 @@ def _integrity_warnings(
         warnings.append(
             f"rejected_events: {integrity.rejected_events} of the strategy's "
             f"{integrity.events} orders and cancels were refused (malformed, an unknown order "
-            "ref, before the first bar, or over the exposure cap); the published numbers "
-            "leave them out"
+            "ref, before the first bar, or over one of the referee's caps); the published "
+            "numbers leave them out"
         )
     return warnings
 

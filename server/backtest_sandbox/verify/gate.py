@@ -44,7 +44,7 @@ class BarGate:
         self, bars: Sequence[bytes], referee: RefereeRun, limits: GateLimits, feeds: int = 1
     ) -> None:
         self._bars = bars  # one data.csv row each, newline included
-        self._referee = referee
+        self.referee = referee  # gets what is accepted as it comes; the caller finishes it
         self._limits = limits
         self._check = EventCheck(feeds)
         self.released = 0  # bars handed to the strategy side so far
@@ -99,7 +99,7 @@ class BarGate:
         accepted = [event for event in events if stamp >= 0 and self._check.accept(event)]
         self.rejected_events += len(events) - len(accepted)
         if accepted:
-            self._referee.send(stamp, accepted)
+            self.referee.send(stamp, accepted)
 
 
 def _error(error_type: ErrorType, message: str, **details: object) -> RunError:
