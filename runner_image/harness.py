@@ -98,12 +98,11 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
     data = spec["data"]
     is_verified = spec.get("mode", "fast") == "verified"
     if is_verified:
-        events = verified.EventLog([])
-        channel = pipefeed.Channel(*verified.take_stdio())
+        events = verified.EventLog()
+        channel = pipefeed.Channel(*verified.open_pipe(spec["pipe"]))
         feed = pipefeed.make_feed(channel, events.commit, data["timeframe"], data["bars"])
         # One bar per request: Cerebro must neither preload the pipe nor run at once.
         cerebro = backtest.build_cerebro(spec["broker"], feed, preload=False, runonce=False)
-        events.feeds.append(feed)
         verified.guard(cerebro, events)
     else:
         frame = datafeed.read_bars(os.path.join(job_dir, data["path"]))  # absolute path wins

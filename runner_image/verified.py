@@ -43,6 +43,16 @@ class UnsupportedFeature(Exception):
         self.feature = feature
 
 
+def open_pipe(pipe: str | dict[str, str]) -> tuple[int, int]:
+    """The bar pipe's two ends as the spec names them (PROTOCOL.md): two FIFOs, or "stdio".
+    Returns (read fd, write fd)."""
+    if pipe == "stdio":
+        return take_stdio()
+    assert isinstance(pipe, dict)
+    # The host holds both FIFOs open already: neither open waits.
+    return os.open(pipe["bars"], os.O_RDONLY), os.open(pipe["commits"], os.O_WRONLY)
+
+
 def take_stdio() -> tuple[int, int]:
     """The pipe's two ends (this process's stdin and stdout), taken for the harness alone.
 
@@ -60,12 +70,16 @@ def take_stdio() -> tuple[int, int]:
 class EventLog:
     """The orders and cancels the strategy made since the last commit, in the order made."""
 
-    def __init__(self, feeds: list[Any]) -> None:
-        self.feeds = feeds  # the run's feeds, in order: an order names its feed by index
+    def __init__(self) -> None:
+        # The run's feeds, in order (an order names its feed by index): Cerebro's own list,
+        # which guard() hands over once the feeds are added.
+        self.feeds: list[Any] = []
         self._pending: list[dict[str, Any]] = []
 
     def commit(self) -> bytes:
         """The pending events as one JSON line's text, and a fresh start."""
+        if not self._pending:  # most bars: no events
+            return b"[]"
         # allow_nan: a NaN size goes to the trusted side as it is, to be refused there.
         line = json.dumps(self._pending, separators=(",", ":"), allow_nan=True).encode()
         self._pending = []
@@ -126,6 +140,7 @@ def _ref(order: Any) -> Any:
 def guard(cerebro: Any, events: EventLog) -> None:
     """Record the broker's orders and cancels in `events`, and refuse by name what a
     verified run cannot honour. Call once the harness has set the broker and the feed up."""
+    events.feeds = cerebro.datas
     broker = cerebro.broker
     buy, sell, cancel = broker.buy, broker.sell, broker.cancel
 

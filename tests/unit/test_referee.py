@@ -32,7 +32,8 @@ import pandas as pd
 import pytest
 
 from backtest_sandbox.sandbox.claim import CompletedClaim, parse_claim
-from backtest_sandbox.sandbox.stdio import ConversationThread, StdioChannel
+from backtest_sandbox.sandbox.conversation import ConversationThread
+from backtest_sandbox.sandbox.stdio import StdioChannel
 from backtest_sandbox.verify.gate import BarGate, GateLimits
 from backtest_sandbox.verify.referee import RefereeRun, referee_command
 
@@ -132,7 +133,7 @@ def plain_run(
     cerebro.broker.setcommission(commission=broker["commission"])
     cerebro.broker.set_slippage_perc(broker["slippage"])
     cerebro.addsizer(bt.sizers.FixedSize, stake=broker["stake"])
-    runner.verified.guard(cerebro, StampedLog([feed]))
+    runner.verified.guard(cerebro, StampedLog())
     cerebro.addstrategy(strategy)
     runner.backtest.add_recorder(cerebro, _NoProgress())
     (ran,) = cerebro.run()
@@ -383,7 +384,7 @@ def guarded_run(runner: types.SimpleNamespace, strategy: type, **options: Any) -
     cerebro = bt.Cerebro(stdstats=False, preload=False, runonce=False, **options)
     cerebro.adddata(feed)
     cerebro.broker.setcash(10000.0)
-    runner.verified.guard(cerebro, runner.verified.EventLog([feed]))
+    runner.verified.guard(cerebro, runner.verified.EventLog())
     with pytest.raises(Exception) as raised:
         runner.verified.check_strategy(strategy, cerebro)
         cerebro.addstrategy(strategy)
@@ -475,7 +476,7 @@ def test_an_order_with_a_numpy_integer_tradeid_can_be_committed(
     feed = bt.feeds.PandasData(dataname=bar_frame(orcl_csv(end="2005-02-01")))
     cerebro = bt.Cerebro(stdstats=False)
     cerebro.adddata(feed)
-    log = runner.verified.EventLog([feed])
+    log = runner.verified.EventLog()
     runner.verified.guard(cerebro, log)
 
     class Tagged(bt.Strategy):  # type: ignore[misc]
@@ -511,7 +512,7 @@ class AttachedHarness:
         self.result_path = out / "result.json"
         self.bars = bar_rows(csv)
         spec = {
-            "protocol": 1, "mode": "verified", "code": textwrap.dedent(code),
+            "protocol": 1, "mode": "verified", "pipe": "stdio", "code": textwrap.dedent(code),
             "filename": "strategy.py", "params": {}, "broker": broker,
             "data": {"timeframe": "D1", "bars": len(self.bars)},
         }  # fmt: skip
@@ -542,7 +543,8 @@ class AttachedHarness:
         conversation = ConversationThread(self.channel, gate, self.process.kill)
         try:
             self.process.wait(RUN_TIMEOUT)
-            problem, logs = conversation.result()
+            logs = conversation.result()
+            problem = conversation.problem
         finally:
             self.close()
         return problem, logs, json.loads(self.result_path.read_bytes())

@@ -16,7 +16,8 @@ import pytest
 
 from backtest_sandbox.domain.errors import ErrorType
 from backtest_sandbox.domain.models import RunError
-from backtest_sandbox.sandbox.stdio import ConversationThread, LineTooLong, StdioChannel
+from backtest_sandbox.sandbox.conversation import ConversationThread
+from backtest_sandbox.sandbox.stdio import LineTooLong, StdioChannel
 from backtest_sandbox.verify.events import EventCheck, ProtocolViolation, parse_commit
 from backtest_sandbox.verify.gate import BarGate, GateLimits
 
@@ -398,7 +399,7 @@ def attached() -> Iterator[tuple[StdioChannel, socket.socket]]:
     host, daemon = socket.socketpair()
     channel = StdioChannel(host, log_cap=1000)
     yield channel, daemon
-    channel.close()
+    channel.release()
     daemon.close()
 
 
@@ -491,7 +492,7 @@ def test_the_logs_keep_their_head_and_tail_past_the_cap() -> None:
     daemon.close()
     assert channel.read_line(10, timeout=5) is None
     text, cut = channel.logs.text()
-    channel.close()
+    channel.release()
     assert cut
     assert text.startswith("H" * 10) and text.endswith("T" * 10)
 
@@ -536,7 +537,8 @@ def converse(talk: Talk, exits_by_itself: bool) -> tuple[Any, list[str]]:
         daemon.close()
     thread = ConversationThread(StdioChannel(host, log_cap=1000), talk, stop_run)
     try:
-        return thread.result(), stopped
+        logs = thread.result()
+        return (thread.problem, logs), stopped
     finally:
         daemon.close()
 

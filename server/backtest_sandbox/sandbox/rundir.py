@@ -1,7 +1,8 @@
 """A run's private directory on the host: the one channel between the supervisor and a sandbox.
 
-    <run dir>/in/   (root, 0755; mounted read-only at /job)  data.csv, then spec.json
-    <run dir>/out/  (root, 0755; mounted read-write at /out) result.json, progress
+    <run dir>/in/   (root, 0755; mounted read-only at /job)  data.csv or bars.pipe, spec.json
+    <run dir>/out/  (root, 0755; mounted read-write at /out) result.json, progress,
+                                                              commits.pipe
 
 `out/` itself is not writable by the sandbox uid, so the sandbox can write the two files the
 host created for it and nothing else: it cannot plant a symlink, a FIFO or a directory, nor
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 RESULT_NAME = "result.json"
 PROGRESS_NAME = "progress"
+BARS_PIPE = "bars.pipe"  # in/: the verified run's bars, host -> harness (fifo.py)
+COMMITS_PIPE = "commits.pipe"  # out/: its commits, harness -> host
 PROGRESS_CAP_BYTES = 64
 
 
@@ -44,6 +47,20 @@ class RunDir:
         self.output_dir.mkdir(mode=0o755)
         for name in (RESULT_NAME, PROGRESS_NAME):
             self._create_sandbox_writable(self.output_dir / name)
+
+    def make_bar_pipes(self) -> tuple[Path, Path]:
+        """The verified run's two FIFOs (fifo.py): bars, which the sandbox may only read, and
+        commits, the one FIFO the sandbox may write. Returns (bars, commits)."""
+        bars, commits = self.input_dir / BARS_PIPE, self.output_dir / COMMITS_PIPE
+        os.mkfifo(bars)
+        os.chmod(bars, 0o644)
+        os.mkfifo(commits)
+        if os.geteuid() == 0:
+            os.chown(commits, self.sandbox_uid, self.sandbox_uid)
+            os.chmod(commits, 0o600)
+        else:  # as for the result file: an unprivileged host lets any uid write it
+            os.chmod(commits, 0o666)
+        return bars, commits
 
     def _create_sandbox_writable(self, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import docker
+from docker.models.containers import Container
 
 from backtest_sandbox.domain.errors import SandboxError
 from backtest_sandbox.domain.models import JobStatus
@@ -23,10 +24,12 @@ from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.image import build as image
 
 from .containers import Sandbox, docker_client
+from .conversation import BarChannel, Conversation, ConversationThread
+from .fifo import FifoChannel
 from .logs import LogCollector, cap_logs
 from .pool import WarmPool
-from .rundir import new_run_dir
-from .stdio import Conversation, ConversationThread, StdioChannel
+from .rundir import BARS_PIPE, COMMITS_PIPE, RunDir, new_run_dir
+from .stdio import StdioChannel
 from .supervisor import Verdict, decide, watch
 
 ProgressCallback = Callable[[int, int], None]  # (bars done, bars total)
@@ -121,21 +124,26 @@ class SandboxRunner:
             cleanup.callback(sandbox.remove, container)
             # Attached before the job can start (a warm harness starts the moment the spec
             # lands, a cold one when the container starts): no output is missed.
-            output: LogCollector | ConversationThread
-            if job.conversation is None:
-                output = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
-            else:
-                channel = StdioChannel(sandbox.attach_stdio(container), self.settings.log_cap_bytes)
-                output = ConversationThread(
+            spec = dict(job.spec)
+            talk = None
+            if job.conversation is not None:  # verified: the bar pipe
+                channel, spec["pipe"] = self._bar_channel(sandbox, container, run_dir)
+                talk = ConversationThread(
                     channel, job.conversation, functools.partial(sandbox.kill, container)
+                )
+            collector = None
+            if talk is None or channel.logs is None:  # else the output comes on the channel
+                collector = LogCollector(
+                    sandbox.log_stream(container), self.settings.log_cap_bytes
                 )
             # The inputs first and the spec last.
             for name, data in job.inputs.items():
                 run_dir.write_input(name, data)
             # The container's own deadline (runner_image/init.py): the host's clock ends the run
             # at its timeout; this ends it a grace later if the host is gone.
-            deadline = job.timeout_seconds + self.settings.self_deadline_grace_seconds
-            run_dir.write_spec({**job.spec, "deadline_seconds": deadline})
+            grace = self.settings.self_deadline_grace_seconds
+            spec["deadline_seconds"] = job.timeout_seconds + grace
+            run_dir.write_spec(spec)
             if warm is None:
                 sandbox.start_created(container)
             observation = watch(
@@ -149,17 +157,15 @@ class SandboxRunner:
                 on_progress=on_progress,
             )
             # From the stream; if it broke, what Docker's (rotated) log still holds.
-            problem = None
-            if isinstance(output, ConversationThread):
-                problem, kept = output.result()
-            else:
-                kept = output.result()
+            kept = talk.result() if talk is not None else None
+            if collector is not None:
+                kept = collector.result()
             logs, logs_cut = kept or cap_logs(sandbox.logs(container), self.settings.log_cap_bytes)
         verdict = decide(
             observation,
             timeout_seconds=job.timeout_seconds,
             expected_bars=job.expected_bars,
-            problem=problem,
+            problem=talk.problem if talk is not None else None,
         )
         return replace(
             verdict,
@@ -170,6 +176,19 @@ class SandboxRunner:
             container_id=container.id,
             warm=warm is not None,
         )
+
+    def _bar_channel(
+        self, sandbox: Sandbox, container: Container, run_dir: RunDir
+    ) -> tuple[BarChannel, Any]:
+        """The verified run's bar pipe and how the job spec names it (PROTOCOL.md): two FIFOs
+        in the run directory, or, under gVisor (whose 2022 build cannot open a FIFO on a
+        host mount), the container's stdin and stdout on one attach connection."""
+        if sandbox.runtime == "runsc":
+            stdio = StdioChannel(sandbox.attach_stdio(container), self.settings.log_cap_bytes)
+            return stdio, "stdio"
+        bars, commits = run_dir.make_bar_pipes()
+        names = {"bars": f"/job/{BARS_PIPE}", "commits": f"/out/{COMMITS_PIPE}"}
+        return FifoChannel(bars, commits), names
 
     def remove_orphans(self) -> int:
         """Remove this project's containers whose owner process has died.

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
-
-from backtest_sandbox.domain.models import RunError
+from typing import Any
 
 from .logs import JOIN_SECONDS, HeadTail
 
@@ -31,6 +27,9 @@ class LineTooLong(ValueError):
 
 class StdioChannel:
     """Lines from the container's stdout, bytes to its stdin, its stderr kept as logs."""
+
+    # Once the container stops, Docker ends the stream; the reader drains the logs until then.
+    end_grace_seconds = JOIN_SECONDS
 
     def __init__(self, connection: Any, log_cap: int) -> None:
         self._connection = connection  # what docker-py gave: closed with the socket
@@ -77,9 +76,14 @@ class StdioChannel:
             self._receive(None)
 
     def close(self) -> None:
+        """End the channel; wakes a reader blocked in `read_line` or `drain`. Idempotent."""
         self._ended = True
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
+
+    def release(self) -> None:
+        """Close the connection, once no thread uses the channel any more."""
+        self.close()
         self._sock.close()
         if self._connection is not self._sock:
             self._connection.close()
@@ -116,67 +120,3 @@ class StdioChannel:
             else:
                 self.logs.add(payload)
             del frames[: FRAME_HEADER_BYTES + size]
-
-
-class Conversation(Protocol):
-    """What a job says with the harness over the channel (the verified run's bar gate)."""
-
-    def talk(self, channel: StdioChannel) -> RunError | None:
-        """Hold the conversation to its end; the error that ends the run early, if any."""
-        ...
-
-
-class ConversationThread:
-    """Holds a conversation on a thread of its own while the supervisor watches the run.
-
-    When the conversation ends the run early, `stop_run` is called at once (the container is
-    killed); either way the channel is then read to its end for the logs.
-    """
-
-    def __init__(
-        self, channel: StdioChannel, conversation: Conversation, stop_run: Callable[[], None]
-    ) -> None:
-        self._channel = channel
-        self._conversation = conversation
-        self._stop_run = stop_run
-        self._problem: RunError | None = None
-        self._failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._talk, name="sandbox-stdio", daemon=True)
-        self._thread.start()
-
-    def _talk(self) -> None:
-        try:
-            self._problem = self._conversation.talk(self._channel)
-            if self._problem is not None:
-                self._stop_run_aside()
-            self._channel.drain()
-        except BaseException as e:  # top of a thread: result() hands it to the caller
-            self._failed = e
-            self._stop_run_aside()
-        finally:
-            self._channel.close()
-
-    def _stop_run_aside(self) -> None:
-        # On a thread of its own, while this one keeps reading: a container blocked writing
-        # to the stream we stopped reading would otherwise hold the daemon's kill.
-        threading.Thread(target=self._stop_run_quietly, name="sandbox-stop", daemon=True).start()
-
-    def _stop_run_quietly(self) -> None:
-        with contextlib.suppress(Exception):  # the supervisor's deadline and kill still apply
-            self._stop_run()
-
-    def result(self) -> tuple[RunError | None, tuple[str, bool] | None]:
-        """(what ended the run early, the logs) once the stopped container's stream has ended;
-        the logs are None if it did not end in time.
-
-        Raises:
-            BaseException: what the conversation itself raised (a fault of the host's side).
-        """
-        self._thread.join(JOIN_SECONDS)
-        if self._thread.is_alive():
-            self._channel.close()  # unblocks the reader, which then ends
-            self._thread.join(JOIN_SECONDS)
-            return self._problem, None
-        if self._failed is not None:
-            raise self._failed
-        return self._problem, self._channel.logs.text()
