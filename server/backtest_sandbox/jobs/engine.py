@@ -235,9 +235,10 @@ class Engine:
             raise SandboxError("the referee did not complete its replay")
         claim = verdict.claim
         assert claim is not None
-        matches = claim.model_dump(exclude={"backtrader_version"}) == published.model_dump(
-            exclude={"backtrader_version"}
-        )
+        # Every number alike (the version string aside); == on the models, not on dumps of
+        # them: a long run has tens of thousands of equity points.
+        unversioned = {"backtrader_version": ""}
+        matches = claim.model_copy(update=unversioned) == published.model_copy(update=unversioned)
         integrity = Integrity(
             mode="verified",
             verified=True,

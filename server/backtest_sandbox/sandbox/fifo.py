@@ -47,6 +47,9 @@ class FifoChannel:
         self._ended = False
         self._lock = threading.Lock()  # close() and release() come from different threads
         self._released = False
+        self._poller = select.poll()
+        self._poller.register(self._commits, select.POLLIN)
+        self._poller.register(self._wake_read, select.POLLIN)
 
     def send(self, data: bytes) -> bool:
         """Write to the bars FIFO; False once the channel is closed."""
@@ -99,9 +102,6 @@ class FifoChannel:
 
     def _receive(self, deadline: float | None) -> bool:
         """Read what has come; False at the end (or once closed)."""
-        poller = select.poll()
-        poller.register(self._commits, select.POLLIN)
-        poller.register(self._wake_read, select.POLLIN)
         while True:
             wait_ms = None
             if deadline is not None:
@@ -109,7 +109,7 @@ class FifoChannel:
                 if remaining <= 0:
                     raise TimeoutError
                 wait_ms = max(1, int(remaining * 1000))
-            ready = dict(poller.poll(wait_ms))
+            ready = dict(self._poller.poll(wait_ms))
             if self._wake_read in ready or self._ended:
                 return False
             if self._commits in ready:

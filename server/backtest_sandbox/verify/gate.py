@@ -20,6 +20,7 @@ from .events import EventCheck, ProtocolViolation, parse_commit
 from .referee import RefereeRun
 
 END = b"E\n"  # no more bars
+EMPTY_COMMIT = b"[]"
 
 
 class LineChannel(Protocol):
@@ -93,6 +94,8 @@ class BarGate:
 
     def _commit(self, line: bytes, stamp: int) -> None:
         """Check one commit, count it, and pass what is accepted to the referee."""
+        if line == EMPTY_COMMIT:  # most bars: nothing to parse, count or pass on
+            return
         events = parse_commit(line, self._limits.max_events_per_bar)
         self.events += len(events)
         # Nothing can be ordered before the first bar (stamp -1): all of it is refused.
