@@ -9,13 +9,16 @@ with the same bars and the same Backtrader. Everything is a ratio measured in th
 this machine is shared and noisy, so absolute times mean little.
 
   (a) latency, submit -> completed through the service, pool on and off, p50 and p95, each
-      divided by the bare p50;
+      divided by the bare p50: fast mode, and verified mode with the pool on;
   (b) throughput: 40 runs submitted at once (2 workers), wall time divided by that of 40
       bare runs two at a time;
   (c) CPU seconds per run beyond the bare run's own (container, daemon, supervisor), from
       the machine's busy time during (b);
   (d) the server's RSS before and after 200 runs;
-  (e) get_backtest_status's answer time while 20 jobs submitted at once run (issue 4).
+  (e) get_backtest_status's answer time while 20 jobs submitted at once run (issue 4);
+  (f) verified over fast on ~50,000 synthetic 5-minute bars (issue 12), pool on.
+
+(b) to (e) run in fast mode, as they were first measured; (a) and (f) compare the modes.
 """
 
 from __future__ import annotations
@@ -55,6 +58,17 @@ CONFIG = {
     "timeout_seconds": 120,
 }
 TENANT = "bench"
+# (f): about 50,000 synthetic 5-minute bars; the count is printed with the figure.
+LONG_CONFIG = {
+    "symbol": "SYN",
+    "timeframe": "M5",
+    "start_date": "2020-01-01",
+    "end_date": "2022-06-14",
+    "data_source": "synthetic",
+    "initial_capital": 100000,
+    "position_size": 10,
+    "timeout_seconds": 600,
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -112,12 +126,14 @@ class Bench:
         service.start()
         return service
 
-    def submit(self, service: BacktestService) -> tuple[str, float]:
+    def submit(
+        self, service: BacktestService, mode: str = "fast", config: dict[str, Any] = CONFIG
+    ) -> tuple[str, float]:
         # A new comment per run: identical submissions would be answered from the cache.
         self.counter += 1
         code = f"{STRATEGY}\n# run {self.counter}\n"
         submitted = time.time()
-        backtest_id = service.submit(TENANT, code, "python", CONFIG).backtest_id
+        backtest_id = service.submit(TENANT, code, "python", {**config, "mode": mode}).backtest_id
         return backtest_id, submitted
 
     def wait_done(self, service: BacktestService, backtest_id: str) -> tuple[float, float]:
@@ -147,13 +163,15 @@ def wait_for_pool(service: BacktestService, size: int, settle: float = 1.0) -> N
     time.sleep(settle)
 
 
-def measure_latency(bench: Bench, pool_size: int, runs: int, bare_value: float) -> list[float]:
+def measure_latency(
+    bench: Bench, pool_size: int, runs: int, bare_value: float, mode: str = "fast"
+) -> list[float]:
     service = bench.service(pool_size)
     try:
         latencies = []
         for _ in range(runs):
             wait_for_pool(service, pool_size)  # an agent's think time between iterations
-            backtest_id, submitted = bench.submit(service)
+            backtest_id, submitted = bench.submit(service, mode)
             finished, value = bench.wait_done(service, backtest_id)
             assert abs(value - bare_value) < 1e-6, (value, bare_value)
             latencies.append(finished - submitted)
@@ -243,6 +261,30 @@ def measure_rss(bench: Bench, runs: int) -> tuple[float, float]:
         service.close()
 
 
+def measure_long_run(bench: Bench, runs: int) -> dict[str, float]:
+    """(f) The median seconds of a fast and of a verified run on ~50,000 M5 bars, and the
+    bar count, alternating the modes so that the machine's drift hits both alike."""
+    service = bench.service(2)
+    seconds: dict[str, list[float]] = {"fast": [], "verified": []}
+    values: dict[str, float] = {}
+    try:
+        for _ in range(runs):
+            for mode in seconds:
+                wait_for_pool(service, 2)
+                backtest_id, submitted = bench.submit(service, mode, LONG_CONFIG)
+                finished, values[mode] = bench.wait_done(service, backtest_id)
+                seconds[mode].append(finished - submitted)
+        bars = service.status(TENANT, backtest_id).result.data.bars  # type: ignore[union-attr]
+    finally:
+        service.close()
+    assert values["fast"] == values["verified"], values
+    return {
+        "fast": statistics.median(seconds["fast"]),
+        "verified": statistics.median(seconds["verified"]),
+        "bars": bars,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
@@ -258,6 +300,8 @@ def main() -> None:
         bare_value = bare[0][1]
         pool_off = measure_latency(bench, 0, latency_runs, bare_value)
         pool_on = measure_latency(bench, 2, latency_runs, bare_value)
+        verified_on = measure_latency(bench, 2, latency_runs, bare_value, "verified")
+        long_run = measure_long_run(bench, 1 if args.quick else 3)
         throughput = measure_throughput(bench, batch_runs)
         status_ms = measure_status_latency(bench, 20)
         rss_before, rss_after = measure_rss(bench, rss_runs)
@@ -269,6 +313,13 @@ def main() -> None:
         "pool_on_p95_ratio": percentile(pool_on, 95) / bare_p50,
         "pool_off_p50_ratio": statistics.median(pool_off) / bare_p50,
         "pool_off_p95_ratio": percentile(pool_off, 95) / bare_p50,
+        "verified_pool_on_p50_ratio": statistics.median(verified_on) / bare_p50,
+        "verified_pool_on_p95_ratio": percentile(verified_on, 95) / bare_p50,
+        "verified_over_fast_pool_on_p50": statistics.median(verified_on)
+        / statistics.median(pool_on),
+        "long_run_bars": long_run["bars"],
+        "long_run_fast_seconds": long_run["fast"],
+        "long_run_verified_over_fast": long_run["verified"] / long_run["fast"],
         "throughput_ratio": throughput["sandbox_wall"] / throughput["bare_wall"],
         "overhead_cpu_seconds_per_run": throughput["sandbox_cpu_per_run"]
         - throughput["bare_cpu_per_run"],
@@ -289,6 +340,12 @@ def main() -> None:
           f"{figures['pool_off_p50_ratio']:.2f}")
     print(f"    pool off  p95                                              "
           f"{figures['pool_off_p95_ratio']:.2f}")
+    print(f"    verified, pool on p50                             <= 1.0    "
+          f"{figures['verified_pool_on_p50_ratio']:.2f}")
+    print(f"    verified, pool on p95                                      "
+          f"{figures['verified_pool_on_p95_ratio']:.2f}")
+    print(f"    verified over fast, pool on p50                            "
+          f"{figures['verified_over_fast_pool_on_p50']:.2f}")
     print(f"(b) throughput, {batch_runs} at once over {batch_runs} bare two at a time  <= 1.3    "
           f"{figures['throughput_ratio']:.2f}")
     print(f"(c) CPU s per run beyond the bare run's {figures['bare_cpu_seconds_per_run']:.2f} s"
@@ -297,6 +354,9 @@ def main() -> None:
           f"      < 20 MB   {figures['rss_growth_mb']:+.1f} MB")
     print(f"(e) get_backtest_status while 20 run: p50 {figures['status_p50_ms']:.2f} ms, p99"
           f"          < 50 ms   {figures['status_p99_ms']:.2f} ms")
+    print(f"(f) verified over fast on {figures['long_run_bars']} M5 bars (fast "
+          f"{figures['long_run_fast_seconds']:.1f} s)       <= 2.5    "
+          f"{figures['long_run_verified_over_fast']:.2f}")
     if args.json:
         print(json.dumps(figures))
 
