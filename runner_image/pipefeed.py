@@ -82,10 +82,19 @@ class PipeFeed(bt.feed.DataBase):  # type: ignore[misc]  # backtrader is untyped
         super().start()
         self._ended = False
 
+    def prefetch(self) -> None:
+        """The first exchange, before the strategy is loaded: an empty commit, and bar 0 (or
+        the end) kept for the first `_load`. The trusted side removes the pipe's names from the
+        filesystem on that first commit, so the strategy never finds them there."""
+        self._first: bytes | None = self.channel.exchange(b"[]")
+
     def _load(self) -> bool:
         if self._ended:  # Cerebro may ask again after the end: no more exchanges
             return False
-        line = self.channel.exchange(self.commit())
+        if self._first is not None:
+            line, self._first = self._first, None
+        else:
+            line = self.channel.exchange(self.commit())
         if line == END:
             self._ended = True
             return False
@@ -109,4 +118,5 @@ def make_feed(channel: Channel, commit: Any, timeframe: str, total_bars: int) ->
     feed.commit = commit
     feed.total_bars = total_bars
     feed._bind_lines()
+    feed.prefetch()
     return feed

@@ -182,6 +182,7 @@ def slim_like_settings(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the fixture builds a runner image on the slim-like base first
 def test_the_limits_hold_on_a_slim_like_layout(slim_like_settings: Any) -> None:
     seen = probe(slim_like_settings, PROBE)
     assert seen["paths"]["purelib"] == "/usr/local/lib/python3.11/site-packages"

@@ -646,7 +646,7 @@ def test_a_look_ahead_is_an_index_error_that_says_why(tmp_path: Path) -> None:
             """,
             "broker_settings",
             "broker.setcommission is not supported in a verified run",
-            0,
+            1,  # bar 0 is fetched before the strategy is loaded (PROTOCOL.md, the pipe)
         ),
         (
             """\

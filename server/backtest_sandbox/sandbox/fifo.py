@@ -42,6 +42,9 @@ class FifoChannel:
     def __init__(self, bars: Path, commits: Path) -> None:
         self._bars = _open_fifo(bars, os.O_RDWR)
         self._commits = _open_fifo(commits, os.O_RDONLY | os.O_NONBLOCK)
+        # Unlinked on the first line: the harness has opened both by then, and has not yet
+        # loaded the strategy, which so never finds them (a read of bars.pipe would hang it).
+        self._names: tuple[Path, ...] = (bars, commits)
         self._wake_read, self._wake_write = os.pipe()
         self._buffer = bytearray()
         self._ended = False
@@ -73,6 +76,9 @@ class FifoChannel:
             if end >= 0:
                 line = bytes(self._buffer[:end])
                 del self._buffer[: end + 1]
+                for name in self._names:
+                    name.unlink(missing_ok=True)
+                self._names = ()
                 return line
             if len(self._buffer) > cap:
                 raise LineTooLong(f"a message of more than {cap} bytes")
