@@ -27,4 +27,4 @@ class Victim(bt.Strategy):
             time.sleep(0.3)  # past the harness's first progress report (0.2 s)
         elif self.bars_seen == 2:  # the host has seen progress: the searcher starts now
             print("VICTIM_RUNNING", flush=True)
-            time.sleep(8)
+            time.sleep(15)  # longer than the searcher takes under gVisor (~12 s seen)
