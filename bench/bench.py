@@ -16,7 +16,9 @@ this machine is shared and noisy, so absolute times mean little.
       the machine's busy time during (b);
   (d) the server's RSS before and after 200 runs;
   (e) get_backtest_status's answer time while 20 jobs submitted at once run (issue 4);
-  (f) verified over fast on ~50,000 synthetic 5-minute bars (issue 12), pool on.
+  (f) verified over fast on ~50,000 synthetic 5-minute bars (issue 12), pool on;
+  (g) a sweep of 50 combinations (issue 13) over 50 separate run_backtest calls of the same
+      combinations submitted at once, wall time to the last result, verified, pool on.
 
 (b) to (e) run in fast mode, as they were first measured; (a) and (f) compare the modes.
 """
@@ -109,7 +111,9 @@ class Bench:
         started = time.perf_counter()
         out = subprocess.run(
             [sys.executable, str(BARE), str(self.csv), "10000", "0.001", "100"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return time.perf_counter() - started, float(out.stdout.strip())
 
@@ -247,6 +251,7 @@ def measure_status_latency(bench: Bench, runs: int) -> list[float]:
 def measure_rss(bench: Bench, runs: int) -> tuple[float, float]:
     service = bench.service(pool_size=2)
     try:
+
         def batch(n: int) -> None:
             ids = [bench.submit(service)[0] for _ in range(n)]
             for backtest_id in ids:
@@ -285,6 +290,43 @@ def measure_long_run(bench: Bench, runs: int) -> dict[str, float]:
     }
 
 
+SWEEP_GRID = {"fast": [4, 6, 8, 10, 12], "slow": [20, 25, 30, 35, 40, 45, 50, 55, 60, 65]}
+
+
+def measure_sweep(bench: Bench) -> dict[str, float]:
+    """(g) Wall seconds of one sweep over SWEEP_GRID and of the same combinations as separate
+    run_backtest calls submitted at once, each through the service, verified, pool on."""
+    combinations = [
+        {"fast": fast, "slow": slow} for fast in SWEEP_GRID["fast"] for slow in SWEEP_GRID["slow"]
+    ]
+    service = bench.service(pool_size=2)
+    try:
+        wait_for_pool(service, 2)
+        started = time.perf_counter()
+        ids = [
+            service.submit(
+                TENANT, f"{STRATEGY}\n# separate\n", "python", {**CONFIG, "params": p}
+            ).backtest_id
+            for p in combinations
+        ]
+        for backtest_id in ids:
+            bench.wait_done(service, backtest_id)
+        separate = time.perf_counter() - started
+        wait_for_pool(service, 2)
+        started = time.perf_counter()
+        sweep_id = service.submit_sweep(
+            TENANT, f"{STRATEGY}\n# sweep\n", "python", CONFIG, grid=SWEEP_GRID
+        ).sweep_id
+        while not service.summary(TENANT, sweep_id).status.is_terminal:
+            time.sleep(0.01)
+        swept = time.perf_counter() - started
+        answer, _ = service.sweep_status(TENANT, sweep_id)
+        assert answer.status == "completed" and answer.done == len(combinations), answer
+    finally:
+        service.close()
+    return {"combinations": len(combinations), "separate": separate, "sweep": swept}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
@@ -302,6 +344,7 @@ def main() -> None:
         pool_on = measure_latency(bench, 2, latency_runs, bare_value)
         verified_on = measure_latency(bench, 2, latency_runs, bare_value, "verified")
         long_run = measure_long_run(bench, 1 if args.quick else 3)
+        sweep = measure_sweep(bench)
         throughput = measure_throughput(bench, batch_runs)
         status_ms = measure_status_latency(bench, 20)
         rss_before, rss_after = measure_rss(bench, rss_runs)
@@ -320,6 +363,8 @@ def main() -> None:
         "long_run_bars": long_run["bars"],
         "long_run_fast_seconds": long_run["fast"],
         "long_run_verified_over_fast": long_run["verified"] / long_run["fast"],
+        "sweep_over_separate": sweep["sweep"] / sweep["separate"],
+        "sweep_separate_seconds": sweep["separate"],
         "throughput_ratio": throughput["sandbox_wall"] / throughput["bare_wall"],
         "overhead_cpu_seconds_per_run": throughput["sandbox_cpu_per_run"]
         - throughput["bare_cpu_per_run"],
@@ -332,31 +377,59 @@ def main() -> None:
     }
     print(f"runtime {args.runtime}; bare `python strategy.py` p50 {bare_p50:.3f} s (= 1.0)")
     print("(a) latency, submit -> completed, over the bare p50   target  measured")
-    print(f"    pool on   p50                                     <= 0.5    "
-          f"{figures['pool_on_p50_ratio']:.2f}")
-    print(f"    pool on   p95                                     <= 0.8    "
-          f"{figures['pool_on_p95_ratio']:.2f}")
-    print(f"    pool off  p50                                              "
-          f"{figures['pool_off_p50_ratio']:.2f}")
-    print(f"    pool off  p95                                              "
-          f"{figures['pool_off_p95_ratio']:.2f}")
-    print(f"    verified, pool on p50                             <= 1.0    "
-          f"{figures['verified_pool_on_p50_ratio']:.2f}")
-    print(f"    verified, pool on p95                                      "
-          f"{figures['verified_pool_on_p95_ratio']:.2f}")
-    print(f"    verified over fast, pool on p50                            "
-          f"{figures['verified_over_fast_pool_on_p50']:.2f}")
-    print(f"(b) throughput, {batch_runs} at once over {batch_runs} bare two at a time  <= 1.3    "
-          f"{figures['throughput_ratio']:.2f}")
-    print(f"(c) CPU s per run beyond the bare run's {figures['bare_cpu_seconds_per_run']:.2f} s"
-          f"                {figures['overhead_cpu_seconds_per_run']:.2f}")
-    print(f"(d) server RSS over {rss_runs} runs: {rss_before:.1f} -> {rss_after:.1f} MB"
-          f"      < 20 MB   {figures['rss_growth_mb']:+.1f} MB")
-    print(f"(e) get_backtest_status while 20 run: p50 {figures['status_p50_ms']:.2f} ms, p99"
-          f"          < 50 ms   {figures['status_p99_ms']:.2f} ms")
-    print(f"(f) verified over fast on {figures['long_run_bars']} M5 bars (fast "
-          f"{figures['long_run_fast_seconds']:.1f} s)       <= 2.5    "
-          f"{figures['long_run_verified_over_fast']:.2f}")
+    print(
+        f"    pool on   p50                                     <= 0.5    "
+        f"{figures['pool_on_p50_ratio']:.2f}"
+    )
+    print(
+        f"    pool on   p95                                     <= 0.8    "
+        f"{figures['pool_on_p95_ratio']:.2f}"
+    )
+    print(
+        f"    pool off  p50                                              "
+        f"{figures['pool_off_p50_ratio']:.2f}"
+    )
+    print(
+        f"    pool off  p95                                              "
+        f"{figures['pool_off_p95_ratio']:.2f}"
+    )
+    print(
+        f"    verified, pool on p50                             <= 1.0    "
+        f"{figures['verified_pool_on_p50_ratio']:.2f}"
+    )
+    print(
+        f"    verified, pool on p95                                      "
+        f"{figures['verified_pool_on_p95_ratio']:.2f}"
+    )
+    print(
+        f"    verified over fast, pool on p50                            "
+        f"{figures['verified_over_fast_pool_on_p50']:.2f}"
+    )
+    print(
+        f"(b) throughput, {batch_runs} at once over {batch_runs} bare two at a time  <= 1.3    "
+        f"{figures['throughput_ratio']:.2f}"
+    )
+    print(
+        f"(c) CPU s per run beyond the bare run's {figures['bare_cpu_seconds_per_run']:.2f} s"
+        f"                {figures['overhead_cpu_seconds_per_run']:.2f}"
+    )
+    print(
+        f"(d) server RSS over {rss_runs} runs: {rss_before:.1f} -> {rss_after:.1f} MB"
+        f"      < 20 MB   {figures['rss_growth_mb']:+.1f} MB"
+    )
+    print(
+        f"(e) get_backtest_status while 20 run: p50 {figures['status_p50_ms']:.2f} ms, p99"
+        f"          < 50 ms   {figures['status_p99_ms']:.2f} ms"
+    )
+    print(
+        f"(f) verified over fast on {figures['long_run_bars']} M5 bars (fast "
+        f"{figures['long_run_fast_seconds']:.1f} s)       <= 2.5    "
+        f"{figures['long_run_verified_over_fast']:.2f}"
+    )
+    print(
+        f"(g) a sweep of {sweep['combinations']} over as many run_backtest calls "
+        f"({sweep['separate']:.1f} s) <= 0.35   {figures['sweep_over_separate']:.2f}"
+    )
     if args.json:
         print(json.dumps(figures))
 

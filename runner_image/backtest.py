@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import backtrader as bt
@@ -18,15 +19,20 @@ PROTOCOL = 1
 RECORDER_NAME = "_sandbox_recorder"
 
 
-def build_cerebro(broker: dict[str, Any], feed: Any, **options: Any) -> Any:
-    """Cerebro with the feed, the broker and the default sizer set as PROTOCOL.md says.
+def build_cerebro(
+    broker: dict[str, Any], feeds: Sequence[tuple[str | None, Any]], **options: Any
+) -> Any:
+    """Cerebro with the feeds, the broker and the default sizer set as PROTOCOL.md says.
 
-    `options` go to Cerebro itself (a verified run's strategy side: no preload, no runonce).
+    `feeds` are (name, feed) in the run's order: feed 0 is the run's symbol, and each feed's
+    `_name` is its name (None: Backtrader's own), for `getdatabyname`. `options` go to
+    Cerebro itself (a verified run's strategy side: no preload, no runonce).
     """
     # stdstats=False: the default observers cost time and feed nothing we report.
     # tradehistory=True: a closed trade's size and exit price come from its fills.
     cerebro = bt.Cerebro(stdstats=False, tradehistory=True, **options)
-    cerebro.adddata(feed)
+    for name, feed in feeds:
+        cerebro.adddata(feed, name=name)
     cerebro.broker.setcash(float(broker["initial_capital"]))
     cerebro.broker.setcommission(commission=float(broker["commission"]))
     cerebro.broker.set_slippage_perc(float(broker["slippage"]))
@@ -55,6 +61,9 @@ def completed_result(strategy: Any) -> dict[str, Any]:
         ],
         "trades": record.trades,
         "open_trades": record.open_trades,
+        "orders": record.order_log(),
+        "orders_total": record.orders_total,
+        "open_positions": record.open_positions(),
     }
 
 

@@ -34,11 +34,13 @@ import backtest  # noqa: E402
 import datafeed  # noqa: E402
 import discovery  # noqa: E402
 import failure  # noqa: E402
+import friendly  # noqa: E402
 import pipefeed  # noqa: E402
 import recorder  # noqa: E402
 import verified  # noqa: E402
 
 PROTOCOL = backtest.PROTOCOL
+friendly.install_standins()  # `import matplotlib.pyplot` and `cerebro.plot()` draw nothing
 SPEC_POLL_SECONDS = 0.005
 DEFAULT_FILENAME = "strategy.py"
 
@@ -96,22 +98,31 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
     if spec.get("protocol") != PROTOCOL:
         raise ValueError(f"unsupported protocol {spec.get('protocol')!r}, expected {PROTOCOL}")
     data = spec["data"]
+    # A spec without `feeds` has one feed, data.path, that Backtrader names itself.
+    feeds = data.get("feeds") or [{"name": None, "path": data.get("path")}]
+    names = [feed["name"] for feed in feeds]
     is_verified = spec.get("mode", "fast") == "verified"
     if is_verified:
         events = verified.EventLog()
         channel = pipefeed.Channel(*verified.open_pipe(spec["pipe"]))
-        feed = pipefeed.make_feed(channel, events.commit, data["timeframe"], data["bars"])
-        # One bar per request: Cerebro must neither preload the pipe nor run at once.
-        cerebro = backtest.build_cerebro(spec["broker"], feed, preload=False, runonce=False)
+        leader = pipefeed.make_feed(
+            channel, events.commit, data["timeframe"], data["bars"], feeds=len(feeds)
+        )
+        made = [leader, *(pipefeed.step_feed(leader, i) for i in range(1, len(feeds)))]
+        # One step per request: Cerebro must neither preload the pipe nor run at once.
+        cerebro = backtest.build_cerebro(
+            spec["broker"], list(zip(names, made, strict=True)), preload=False, runonce=False
+        )
         verified.guard(cerebro, events)
     else:
-        frame = datafeed.read_bars(os.path.join(job_dir, data["path"]))  # absolute path wins
-        feed = datafeed.make_feed(frame, data["timeframe"])
-        cerebro = backtest.build_cerebro(spec["broker"], feed)
+        paths = [os.path.join(job_dir, feed["path"]) for feed in feeds]  # absolute paths win
+        made = [datafeed.make_feed(datafeed.read_bars(path), data["timeframe"]) for path in paths]
+        cerebro = backtest.build_cerebro(spec["broker"], list(zip(names, made, strict=True)))
     progress = recorder.Progress(_open_existing(os.path.join(out_dir, "progress")), data["bars"])
     filename = spec.get("filename") or DEFAULT_FILENAME
+    load = friendly.CerebroWatch()
     try:
-        strategy = run_strategy(cerebro, spec["code"], filename, spec["params"], progress)
+        strategy = run_strategy(cerebro, spec["code"], filename, spec["params"], progress, load)
     except discovery.StrategyDiscoveryError as exc:
         result = failure.error_result(
             bt.__version__, failure.plain_error(type(exc).__name__, str(exc))
@@ -122,8 +133,11 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
         if _raised_by_harness(exc):
             raise
         error = failure.error_info(exc, filename)
+        advice = friendly.hint(exc, load)
         if is_verified and verified.is_lookahead(exc):
-            error["message"] = f"{error['message']}: {verified.LOOKAHEAD_HINT}"
+            advice = verified.LOOKAHEAD_HINT
+        if advice is not None:
+            error["message"] = f"{error['message']}: {advice}"
         result = failure.error_result(bt.__version__, error)
     else:
         result = _skipped_result() if strategy is None else backtest.completed_result(strategy)
@@ -138,16 +152,23 @@ def _skipped_result() -> dict[str, Any]:
 
 
 def run_strategy(
-    cerebro: Any, code: str, filename: str, params: dict[str, Any], progress: recorder.Progress
+    cerebro: Any,
+    code: str,
+    filename: str,
+    params: dict[str, Any],
+    progress: recorder.Progress,
+    load: friendly.CerebroWatch,
 ) -> Any:
-    """Exec the code, pick its strategy, run it; the strategy instance, or None if it skipped.
+    """Exec the code (under `load`, which sees what its module-level code does), pick its
+    strategy, run it; the strategy instance, or None if it skipped.
 
     Raises:
         discovery.StrategyDiscoveryError: no usable strategy.
         verified.UnsupportedFeature: a verified run cannot honour what the strategy asks for.
         BaseException: whatever the user's code raises, defining, constructing or running.
     """
-    module = discovery.load_module(code, filename)
+    with load:
+        module = discovery.load_module(code, filename)
     strategy_class = discovery.find_strategy(module)
     if isinstance(cerebro.datas[0], pipefeed.PipeFeed):
         verified.check_strategy(strategy_class, cerebro)

@@ -1,7 +1,9 @@
-"""What the harness records from inside a run: equity per bar, closed trades, progress."""
+"""What the harness records from inside a run: equity per bar, closed trades, every order's
+life, the positions open at the end, progress."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from datetime import datetime
@@ -11,6 +13,14 @@ import backtrader as bt
 from backtrader.utils import num2date
 
 PROGRESS_INTERVAL = 0.2  # seconds; PROTOCOL.md: "at most every 0.2 s"
+# The order log's bounds (PROTOCOL.md "orders"). An order is ~210 bytes (three events), so
+# the log stays near 4 MB, an eighth of the host's default result cap, however many orders a
+# run places; orders past MAX_ORDERS are counted in `orders_total`, not recorded.
+MAX_ORDERS = 20_000
+# Events kept per order: a partly filled order can be notified on every bar; past this, a
+# Partial event replaces the Partial before it (the fill figures are cumulative), which keeps
+# room for the order's last event and an order under ~1.5 KB.
+MAX_ORDER_EVENTS = 16
 
 
 def iso_timestamp(dtnum: float) -> str:
@@ -64,18 +74,26 @@ class Recorder(bt.Analyzer):  # type: ignore[misc]  # backtrader is untyped
         self.bars_in_market = 0
         self.trades: list[dict[str, Any]] = []
         self._opening_sizes: dict[int, float] = {}  # open trade ref -> size it opened with
+        self._orders: dict[int, dict[str, Any]] = {}  # Backtrader order ref -> its record
+        self._unrecorded: set[int] = set()  # refs of the orders past MAX_ORDERS
+        # The broker's undelivered notifications, and how many were queued when the last bar
+        # ended (see stop()). A broker without the queue (not BackBroker) leaves it empty.
+        self._notifs: Any = getattr(self.strategy.broker, "notifs", ())
+        self._queued_at_last_bar = 0
         # Bound once: these run on every bar.
         self._getvalue = self.strategy.broker.getvalue
         self._getposition = self.strategy.broker.getposition
         self._datetime = self.data.lines.datetime
+        self._datas = tuple(self.strategy.datas)
         self._progress: Progress = self.p.progress
 
     def next(self) -> None:
         """Record one bar: value, datetime, whether a position is open; maybe report progress."""
         self.values.append(self._getvalue())
         self.datetimes.append(self._datetime[0])
-        if self._getposition(self.data).size:
+        if any(self._getposition(data).size for data in self._datas):  # in any of the feeds
             self.bars_in_market += 1
+        self._queued_at_last_bar = len(self._notifs)
         self._progress.tick(len(self.values))
 
     # Warm-up bars (before every indicator has its minimum period) are bars too: the equity
@@ -97,6 +115,158 @@ class Recorder(bt.Analyzer):  # type: ignore[misc]  # backtrader is untyped
     def open_trades(self) -> int:
         """Trades opened and not closed by the end of the run."""
         return len(self._opening_sizes)
+
+    def notify_order(self, order: Any) -> None:
+        """One status change of an order (the broker notifies every one), at the current bar.
+
+        Notifications are delivered at the start of a bar, before the strategy's next(): an
+        order placed at bar t is Submitted and Accepted at t+1, and a market order executes
+        (Completed) at t+1's open.
+        """
+        self._order_event(order, iso_timestamp(self.strategy.datetime[0]))
+
+    def stop(self) -> None:
+        """Record what the broker did at the last bar but never delivered: the submission of
+        orders placed at the last bar (their notifications wait for a bar that never comes).
+
+        Orders placed in the strategy's own stop(), queued after those, are left out: they
+        were never placed while a bar was current, and a verified run never commits them.
+        """
+        if not len(self.values):
+            return
+        stamp = iso_timestamp(self.strategy.datetime[0])
+        for index, order in enumerate(self._notifs):
+            if index >= self._queued_at_last_bar:
+                break
+            self._order_event(order, stamp)
+
+    @property
+    def orders_total(self) -> int:
+        """Orders notified, recorded or past MAX_ORDERS."""
+        return len(self._orders) + len(self._unrecorded)
+
+    def _order_event(self, order: Any, stamp: str) -> None:
+        record = self._orders.get(order.ref)
+        if record is None:
+            if order.ref in self._unrecorded or len(self._orders) >= MAX_ORDERS:
+                self._unrecorded.add(order.ref)
+                return
+            record = self._orders[order.ref] = order_record(order)
+        events: list[list[Any]] = record["events"]
+        event = order_event(order, stamp)
+        if len(events) >= MAX_ORDER_EVENTS - 2 and event[0] == events[-1][0] == "Partial":
+            events[-1] = event
+        elif len(events) < MAX_ORDER_EVENTS:
+            events.append(event)
+
+    def order_log(self) -> list[dict[str, Any]]:
+        """The order records in the order the orders were created, numbered 1, 2, ... in `ref`.
+
+        Backtrader's own refs come from one counter per process: the referee of a verified
+        run, or a second run in the same process, numbers the same orders differently. Their
+        order is the creation order in any process, so the rank is the same on both sides.
+        """
+        ranked = sorted(self._orders.items())
+        return [{"ref": rank, **record} for rank, (_, record) in enumerate(ranked, start=1)]
+
+    def open_positions(self) -> list[dict[str, Any]]:
+        """The positions still open after the last bar, one per feed holding one."""
+        broker = self.strategy.broker
+        positions = []
+        for data in self.strategy.datas:
+            position = broker.getposition(data)
+            if not position.size or not len(data):
+                continue
+            close = data.close[0]
+            pnl = broker.getcommissioninfo(data).profitandloss(position.size, position.price, close)
+            positions.append(
+                _without_none(
+                    {
+                        "symbol": _symbol(data),
+                        "size": _finite(position.size),
+                        "price": _finite(position.price),
+                        "close": _finite(close),
+                        "pnl": _finite(pnl),
+                    }
+                )
+            )
+        return positions
+
+
+_STATUS_NAMES = tuple(bt.Order.Status)
+_EXECTYPE_NAMES = tuple(bt.Order.ExecTypes)
+
+
+def order_record(order: Any) -> dict[str, Any]:
+    """The protocol's record of one order, as placed; `events` follow as it is notified.
+
+    A number that is not finite (a size computed from a NaN indicator) is left out: the
+    order is still recorded, with the broker's answer to it.
+    """
+    params = order.p
+    return _without_none(
+        {
+            "symbol": _symbol(order.data),
+            "side": "buy" if order.isbuy() else "sell",
+            "type": _name(_EXECTYPE_NAMES, order.exectype),
+            "size": _finite(abs(order.created.size)),
+            "price": _finite(params.price),
+            "limit": _finite(params.pricelimit),
+            "trail_amount": _finite(params.trailamount),
+            "trail_percent": _finite(params.trailpercent),
+            "valid": _iso_or_none(order.valid),
+            "created": _iso_or_none(order.created.dt),
+            "events": [],
+        }
+    )
+
+
+def order_event(order: Any, stamp: str) -> list[Any]:
+    """`[status, bar stamp]`, with `filled, average price, commission` so far once any of the
+    order has executed (Backtrader's `order.executed`: cumulative over its fills)."""
+    event: list[Any] = [_name(_STATUS_NAMES, order.status), stamp]
+    executed = order.executed
+    figures = (_finite(abs(executed.size)), _finite(executed.price), _finite(executed.comm))
+    if figures[0] and None not in figures:
+        event.extend(figures)
+    return event
+
+
+def _name(names: tuple[str, ...], index: Any) -> str:
+    try:
+        return names[index]
+    except (IndexError, TypeError):
+        return str(index)[:64]  # not one of Backtrader's: the host refuses the result
+
+
+def _symbol(data: Any) -> str:
+    return str(getattr(data, "_name", "") or "")[:256]
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a float, or None when it is None or not a finite number."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _iso_or_none(dtnum: Any) -> str | None:
+    """A Backtrader date number as ISO, or None for one that is not a date (0, None, NaN)."""
+    number = _finite(dtnum)
+    if number is None or number < 1.0:
+        return None
+    try:
+        return iso_timestamp(number)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _without_none(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if value is not None}
 
 
 def trade_record(trade: Any, opened_size: float, mult: float) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Run as `python3 -I referee.py` by the host (a trusted process: PROTOCOL.md "The referee"). It
 starts, imports Backtrader, and waits on stdin for one job:
 
-    line 1       {"protocol": 1, "timeframe": "D1", "broker": {...}, "bars_csv": "<data.csv>"}
+    line 1       {"protocol": 1, "timeframe": "D1", "broker": {...},
+                  "feeds": [{"name": "ORCL", "bars_csv": "<data.csv>"}, ...]}
     then         [stamp, [event, ...]]   the events the trusted side stamped with bar `stamp`,
                                          stamps increasing (bars without events are skipped)
     last         E <bars>                the strategy side was released <bars> bars in all
@@ -158,10 +159,15 @@ class _NoProgress:
 
 def referee(header: dict[str, Any], events: EventSource) -> tuple[int, dict[str, Any]]:
     """Replay one job: (events rejected, the completed result)."""
-    frame = datafeed.read_bars(io.StringIO(header["bars_csv"]))
-    cerebro = backtest.build_cerebro(
-        header["broker"], datafeed.make_feed(frame, header["timeframe"])
-    )
+    # The run's feeds in order, each named by its symbol; a header of one feed may give its
+    # bars as `bars_csv` alone.
+    feeds = header.get("feeds") or [{"name": None, "bars_csv": header["bars_csv"]}]
+    frames = [datafeed.read_bars(io.StringIO(feed["bars_csv"])) for feed in feeds]
+    made = [
+        (feed["name"], datafeed.make_feed(frame, header["timeframe"]))
+        for feed, frame in zip(feeds, frames, strict=True)
+    ]
+    cerebro = backtest.build_cerebro(header["broker"], made)
     cerebro.addstrategy(Replay, events=events)
     backtest.add_recorder(cerebro, _NoProgress())
     (strategy,) = cerebro.run()

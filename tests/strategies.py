@@ -19,6 +19,38 @@ class SmaCross(bt.Strategy):
             self.close()
 """
 
+# A pairs trade on two feeds, found by name: short the rich leg and buy the cheap one when the
+# ratio of their closes strays from its moving average, both legs flat when it comes back.
+PAIRS = """
+import backtrader as bt
+
+
+class Pairs(bt.Strategy):
+    params = (("a", "ORCL"), ("b", "NVDA"), ("period", 20), ("entry", 1.5), ("exit", 0.25),
+              ("units", 100))
+
+    def __init__(self):
+        self.a = self.getdatabyname(self.p.a)
+        self.b = self.getdatabyname(self.p.b)
+        ratio = self.a.close / self.b.close
+        mean = bt.ind.SMA(ratio, period=self.p.period)
+        self.zscore = (ratio - mean) / bt.ind.StdDev(ratio, period=self.p.period)
+
+    def next(self):
+        z = self.zscore[0]
+        if not self.getposition(self.a).size:
+            hedge = max(1, round(self.p.units * self.a.close[0] / self.b.close[0]))
+            if z > self.p.entry:  # a is rich against b
+                self.sell(data=self.a, size=self.p.units)
+                self.buy(data=self.b, size=hedge)
+            elif z < -self.p.entry:
+                self.buy(data=self.a, size=self.p.units)
+                self.sell(data=self.b, size=hedge)
+        elif abs(z) < self.p.exit:
+            self.close(data=self.a)
+            self.close(data=self.b)
+"""
+
 
 def strategy_with(body: str, imports: str = "") -> str:
     """A strategy whose `next` runs `body` on every bar (so from the first one on)."""

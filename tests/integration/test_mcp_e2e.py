@@ -161,6 +161,11 @@ async def exercise_every_tool(client: Client) -> None:
     orders = await call(client, "read_backtest_orders", backtest_id=backtest_id, start=0, end=2)
     assert orders["total"] == result["trade_log_total"]
     assert orders["orders"] == result["trade_log"][:2]
+    lives = await call(client, "read_backtest_orders", backtest_id=backtest_id, kind="orders")
+    assert lives["kind"] == "orders" and lives["total"] == result["order_log_total"]
+    assert lives["total"] >= 2 * result["trade_log_total"]  # every closed trade: in and out
+    assert lives["orders"][0]["events"][-1]["status"] == "Completed"
+    assert lives["open_positions"] == orders["open_positions"] == result["open_positions"]
 
     chart = await client.call_tool(
         "read_backtest_chart", {"backtest_id": backtest_id, "name": "equity"}

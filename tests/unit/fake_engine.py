@@ -7,6 +7,7 @@ wants where it submits:
     # block                    runs until cancelled, or until `release` is set
     # bars: 2000               the equity curve's length (default 10)
     # trades: 250              closed trades in the trade log (default 3)
+    # orders: 600              orders in the order log, and one open position (default 0)
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def marker(code: str, name: str) -> str | None:
     return found.group(1) or ""
 
 
-def make_result(backtest_id: str, bars: int = 10, trades: int = 3) -> BacktestResult:
+def make_result(
+    backtest_id: str, bars: int = 10, trades: int = 3, orders: int = 0
+) -> BacktestResult:
     """A small, deterministic result: a wave with one deep trough in the middle."""
     curve = []
     for i in range(bars):
@@ -55,12 +58,19 @@ def make_result(backtest_id: str, bars: int = 10, trades: int = 3) -> BacktestRe
         {"entry_time": curve[0].timestamp, "exit_time": curve[-1].timestamp, "pnl": float(i)}
         for i in range(trades)
     ]
+    order_log = [
+        {"ref": i + 1, "side": "buy", "status": "Completed", "created": curve[0].timestamp}
+        for i in range(orders)
+    ]
+    positions = [{"symbol": "SPY", "size": 1.0, "price": 100.0, "close": 101.0, "pnl": 1.0}]
     return BacktestResult(
         backtest_id=backtest_id,
         status=JobStatus.COMPLETED,
         metrics={"final_value": curve[-1].value if curve else 10000.0, "sharpe_ratio": None},
         equity_curve=curve,
         trade_log=trade_log,
+        order_log=order_log,
+        open_positions=positions if orders else [],
         logs="x" * 5000,
         execution_time_seconds=0.5,
         data=DataInfo(
@@ -144,8 +154,10 @@ class FakeEngine:
         if on_progress is not None:
             on_progress(bars, bars)
         trades = int(marker(code, "trades") or 3)
+        orders = int(marker(code, "orders") or 0)
         return RunOutcome(
-            status=JobStatus.COMPLETED, result=make_result(request.backtest_id, bars, trades)
+            status=JobStatus.COMPLETED,
+            result=make_result(request.backtest_id, bars, trades, orders),
         )
 
     def wait_idle(self, timeout: float = 10.0) -> None:

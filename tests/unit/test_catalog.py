@@ -250,7 +250,7 @@ def test_file_cut_to_range(catalog_dir: Path) -> None:
     assert data.warnings == []
     assert data.info().model_dump() == {
         "source": "file", "bars": 252, "first": data.first, "last": data.last,
-        "sha256": data.sha256, "path": "ORCL/D1.csv",
+        "sha256": data.sha256, "path": "ORCL/D1.csv", "extra_symbols": [], "benchmark": None,
     }  # fmt: skip
 
 

@@ -20,6 +20,7 @@ import anyio
 import jsonschema
 import pytest
 from mcp.client import Client
+from mcp_types import ImageContent
 
 from backtest_sandbox.api.mcp_server import build_server
 from backtest_sandbox.domain.settings import Settings
@@ -37,6 +38,7 @@ READ_TOOLS = {
     "read_backtest_chart",
     "get_queue_stats",
     "list_data",
+    "get_sweep_status",
 }
 
 
@@ -95,9 +97,10 @@ async def test_every_tool_is_annotated_as_the_contract_says(client: Client) -> N
     for name in READ_TOOLS:
         assert tools[name].annotations is not None
         assert tools[name].annotations.read_only_hint is True, name
-    submit = tools["run_backtest"].annotations
-    assert submit is not None
-    assert (submit.destructive_hint, submit.open_world_hint) == (False, False)
+    for name in ("run_backtest", "run_sweep"):
+        submit = tools[name].annotations
+        assert submit is not None
+        assert (submit.destructive_hint, submit.open_world_hint) == (False, False), name
     for name in ("cancel_backtest", "delete_backtest"):
         annotations = tools[name].annotations
         assert annotations is not None
@@ -106,7 +109,7 @@ async def test_every_tool_is_annotated_as_the_contract_says(client: Client) -> N
 
 
 async def test_every_answer_validates_against_its_output_schema(client: Client) -> None:
-    backtest_id = await completed(client, CODE + "# bars: 2500\n# trades: 100\n")
+    backtest_id = await completed(client, CODE + "# bars: 2500\n# trades: 100\n# orders: 300\n")
     status = await answer(client, "get_backtest_status", backtest_id=backtest_id)
     # The compact status: every metric, the last 20 trades, at most 100 points, < 16 KiB.
     assert len(json.dumps(status)) < 16 * 1024
@@ -117,12 +120,21 @@ async def test_every_answer_validates_against_its_output_schema(client: Client) 
     await answer(client, "list_backtests")
     await answer(client, "read_backtest", backtest_id=backtest_id, chart="drawdown")
     await answer(client, "read_backtest_orders", backtest_id=backtest_id, start=90, end=100)
+    orders = await answer(client, "read_backtest_orders", backtest_id=backtest_id, kind="orders")
+    assert (orders["kind"], orders["total"], len(orders["open_positions"])) == ("orders", 300, 1)
     await answer(client, "read_backtest_chart", backtest_id=backtest_id, name="equity")
     await answer(client, "get_queue_stats")
     catalog = await answer(client, "list_data")
     assert catalog == {
-        "datasets": [{"symbol": "ORCL", "timeframe": "D1", "first": "2020-01-01T00:00:00",
-                      "last": "2020-01-20T00:00:00", "bars": 20}],
+        "datasets": [
+            {
+                "symbol": "ORCL",
+                "timeframe": "D1",
+                "first": "2020-01-01T00:00:00",
+                "last": "2020-01-20T00:00:00",
+                "bars": 20,
+            }
+        ],
         "synthetic_fallback": True,
     }
     await answer(client, "cancel_backtest", backtest_id=backtest_id)
@@ -132,13 +144,25 @@ async def test_every_answer_validates_against_its_output_schema(client: Client) 
 @pytest.mark.parametrize(
     ("tool", "arguments", "data"),
     [
-        ("run_backtest", {"code_content": CODE, "config": config(commission=-1)},
-         {"type": "invalid_argument", "field": "config.commission",
-          "rule": "Input should be greater than or equal to 0"}),
-        ("list_backtests", {"limit": 0},
-         {"type": "invalid_argument", "field": "limit", "rule": "must be between 1 and 200"}),
-        ("get_backtest_status", {"backtest_id": "bt_" + "0" * 32},
-         {"type": "not_found", "field": "backtest_id", "rule": "no backtest"}),
+        (
+            "run_backtest",
+            {"code_content": CODE, "config": config(commission=-1)},
+            {
+                "type": "invalid_argument",
+                "field": "config.commission",
+                "rule": "Input should be greater than or equal to 0",
+            },
+        ),
+        (
+            "list_backtests",
+            {"limit": 0},
+            {"type": "invalid_argument", "field": "limit", "rule": "must be between 1 and 200"},
+        ),
+        (
+            "get_backtest_status",
+            {"backtest_id": "bt_" + "0" * 32},
+            {"type": "not_found", "field": "backtest_id", "rule": "no backtest"},
+        ),
     ],
     ids=["config", "limit", "unknown-id"],
 )
@@ -200,3 +224,36 @@ async def test_a_subscriber_hears_when_the_status_changes(
                 )
                 if status["status"] == "completed":
                     break
+
+
+async def test_sweep_answers_validate_and_carry_the_heatmap(client: Client) -> None:
+    grid = {"fast": [5, 10], "slow": [20, 30]}
+    submitted = await answer(
+        client,
+        "run_sweep",
+        code_content=CODE,
+        config=config(),
+        grid=grid,
+        constraints=["total_trades >= 1"],
+    )
+    assert (submitted["status"], submitted["combinations"]) == ("running", 4)
+    with anyio.fail_after(10):
+        while (status := await answer(client, "get_sweep_status", sweep_id=submitted["sweep_id"]))[
+            "status"
+        ] == "running":
+            await anyio.sleep(0.05)
+    assert status["status"] == "completed" and status["done"] == 4
+    result = await client.call_tool("get_sweep_status", {"sweep_id": submitted["sweep_id"]})
+    images = [c for c in result.content if isinstance(c, ImageContent)]
+    assert len(images) == 1 and base64.b64decode(images[0].data).startswith(b"\x89PNG")
+    listed = await answer(client, "list_backtests")
+    assert [b["kind"] for b in listed["backtests"]] == ["sweep"]
+    refused = await client.call_tool(
+        "run_sweep", {"code_content": CODE, "config": config(), "grid": {"fast": []}}
+    )
+    assert refused.is_error
+    assert refused.structured_content == {
+        "type": "invalid_argument",
+        "field": "grid.fast",
+        "rule": "must be a non-empty list of values",
+    }

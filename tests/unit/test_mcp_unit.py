@@ -36,6 +36,8 @@ TOOLS = {
     "delete_backtest",
     "get_queue_stats",
     "list_data",
+    "run_sweep",
+    "get_sweep_status",
 }
 
 
@@ -146,6 +148,10 @@ async def test_run_then_poll_to_the_result(client: Client, engine: FakeEngine) -
         "trade_log",
         "trade_log_total",
         "trade_log_truncated",
+        "order_log",
+        "order_log_total",
+        "order_log_truncated",
+        "open_positions",
         "logs",
         "logs_truncated",
         "execution_time_seconds",
@@ -276,6 +282,12 @@ async def test_wait_without_a_progress_token_still_waits(client: Client) -> None
             id="orders-start",
         ),
         pytest.param(
+            "read_backtest_orders",
+            {"backtest_id": "bt_" + "f" * 32, "kind": "fills"},
+            "kind: must be 'trades' or 'orders'",
+            id="orders-kind",
+        ),
+        pytest.param(
             "read_backtest_chart",
             {"backtest_id": "bt_" + "f" * 32, "name": "candles"},
             "name: must be 'equity' or 'drawdown'",
@@ -390,6 +402,7 @@ async def test_list_pages_with_a_cursor(client: Client) -> None:
     assert second["next_cursor"] is None
     assert set(second["backtests"][0]) == {
         "backtest_id",
+        "kind",
         "status",
         "symbol",
         "timeframe",

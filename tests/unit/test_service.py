@@ -95,6 +95,8 @@ def test_a_submission_runs_to_completion(service: BacktestService, engine: FakeE
             "equity_curve_downsampled": False,
             "trade_log_total": 3,
             "trade_log_truncated": False,
+            "order_log_total": 0,
+            "order_log_truncated": False,
             "logs": "x" * views.INLINE_LOG_CHARS,
             "logs_truncated": True,
             "cached": False,
@@ -490,6 +492,7 @@ def test_list_pages_with_a_cursor(service: BacktestService) -> None:
     first = service.list_backtests("local", limit=1).backtests[0]
     assert first.model_dump() == {
         "backtest_id": ids[-1],
+        "kind": "backtest",
         "status": JobStatus.COMPLETED,
         "symbol": "SPY",
         "timeframe": "D1",
@@ -575,11 +578,13 @@ def test_orders_are_paged(service: BacktestService) -> None:
     first = service.orders("local", backtest_id)
     assert first.model_dump() == {
         "backtest_id": backtest_id,
+        "kind": "trades",
         "orders": trades[:100],
         "total": 250,
         "start": 0,
         "end": 100,
         "next_start": 100,
+        "open_positions": [],
     }
     last = service.orders("local", backtest_id, start=200, end=700)
     assert (last.orders, last.end, last.next_start) == (trades[200:], 250, None)
@@ -601,6 +606,59 @@ def test_orders_refuse_bad_ranges(
     with pytest.raises(InvalidRequest) as raised:
         service.orders("local", submit(service), start=start, end=end)
     assert str(raised.value) == message
+
+
+def test_the_order_log_is_paged_with_kind_orders(service: BacktestService) -> None:
+    backtest_id = submit(service, CODE + "# trades: 30\n# orders: 600\n")
+    wait_for(service, backtest_id, JobStatus.COMPLETED)
+    expected = make_result(backtest_id, 10, 30, 600)
+    first = service.orders("local", backtest_id, kind="orders")
+    assert first.model_dump() == {
+        "backtest_id": backtest_id,
+        "kind": "orders",
+        "orders": expected.order_log[:100],
+        "total": 600,
+        "start": 0,
+        "end": 100,
+        "next_start": 100,
+        "open_positions": expected.open_positions,
+    }
+    last = service.orders("local", backtest_id, start=450, end=950, kind="orders")
+    assert (last.orders, last.end, last.next_start) == (expected.order_log[450:], 600, None)
+    # The default is still the trade log, and it carries the open positions too.
+    trades = service.orders("local", backtest_id)
+    assert (trades.kind, trades.orders, trades.total) == ("trades", expected.trade_log, 30)
+    assert trades.open_positions == expected.open_positions != []
+    # The status summary counts the orders and shows the positions, without the log itself.
+    summary = service.status("local", backtest_id).result
+    assert summary is not None
+    assert (summary.order_log, summary.order_log_total, summary.order_log_truncated) == (
+        [],
+        600,
+        True,
+    )
+    assert summary.open_positions == expected.open_positions
+    whole = service.read("local", backtest_id, full=True)
+    assert (whole.order_log, whole.order_log_truncated) == (expected.order_log, False)
+
+
+def test_orders_refuse_an_unknown_kind(service: BacktestService) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        service.orders("local", submit(service), kind="fills")
+    assert (raised.value.field, raised.value.rule) == ("kind", "must be 'trades' or 'orders'")
+
+
+def test_a_result_stored_before_the_order_log_has_no_orders(
+    service: BacktestService, tmp_path: Path
+) -> None:
+    backtest_id = submit(service, CODE + "# orders: 5\n")
+    wait_for(service, backtest_id, JobStatus.COMPLETED)
+    stored = [*tmp_path.rglob("orders.jsonl"), *tmp_path.rglob("orders.idx")]
+    assert len(stored) == 2
+    for path in stored:  # as a directory written before they existed
+        path.unlink()
+    page = service.orders("local", backtest_id, kind="orders")
+    assert (page.orders, page.total, page.next_start) == ([], 0, None)
 
 
 def test_orders_of_a_failed_job_say_why_there_are_none(service: BacktestService) -> None:

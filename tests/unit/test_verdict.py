@@ -21,6 +21,9 @@ COMPLETED = {
     "equity_curve": [["2006-01-02T00:00:00", 100.0], ["2006-01-03T00:00:00", 101.0]],
     "trades": [],
     "open_trades": 0,
+    "orders": [],
+    "orders_total": 0,
+    "open_positions": [],
 }
 VALID = json.dumps(COMPLETED).encode()
 

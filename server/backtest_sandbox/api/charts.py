@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from backtest_sandbox.domain.models import EquityPoint
+from backtest_sandbox.jobs.sweeps import Heatmap
 from backtest_sandbox.jobs.views import ChartSeries, downsample
 
 WIDTH_INCHES, HEIGHT_INCHES, DPI = 10.0, 4.5, 100  # 1000 x 450 px: readable, ~50 KB
@@ -67,3 +68,31 @@ def render_chart(series: ChartSeries) -> bytes:
         ylabel="drawdown (%)" if series.name == "drawdown" else "equity",
         fill=series.name == "drawdown",
     )
+
+
+def render_heatmap(heatmap: Heatmap) -> bytes:
+    """A sweep's target over its two varying parameters as PNG: one cell per combination,
+    its value written in it; a failed combination is an empty (grey) cell."""
+    cells = np.array(
+        [[np.nan if value is None else value for value in row] for row in heatmap.cells],
+        dtype=float,
+    )
+    figure = Figure(figsize=(max(5.0, 1.0 + 0.9 * len(heatmap.x_values)), 4.5), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_facecolor("0.85")  # shows through the NaN cells
+    image = axes.imshow(np.ma.masked_invalid(cells), cmap="viridis", origin="lower", aspect="auto")
+    figure.colorbar(image, ax=axes, label=heatmap.target)
+    axes.set_xticks(range(len(heatmap.x_values)), [str(v) for v in heatmap.x_values])
+    axes.set_yticks(range(len(heatmap.y_values)), [str(v) for v in heatmap.y_values])
+    axes.set_xlabel(heatmap.x_name)
+    axes.set_ylabel(heatmap.y_name)
+    if cells.size <= 400:  # numbers stay legible up to about 20 x 20
+        for (row, column), value in np.ndenumerate(cells):
+            if np.isfinite(value):
+                axes.text(column, row, f"{value:.3g}", ha="center", va="center", color="w")
+    axes.set_title(f"{heatmap.target} by {heatmap.x_name} and {heatmap.y_name}")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -120,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write result.json, trades.csv, equity.csv, equity.png, "
                           "drawdown.png and report.html there")
 
+    sweep = commands.add_parser(
+        "sweep", help="run a strategy over a grid of parameters and rank the combinations"
+    )
+    sweep.add_argument("strategy", type=Path, help="the strategy's Python source file")
+    sweep.add_argument("--config", type=Path, help="a JSON file with the base config")
+    for flag, (name, kind) in CONFIG_FLAGS.items():
+        sweep.add_argument(flag, dest=f"config_{name}", type=kind, default=None,
+                           help=f"config.{name}")
+    sweep.add_argument("--params", help="the strategy's base params, as a JSON object")
+    sweep.add_argument("--grid", required=True, metavar="JSON",
+                       help='{"param": [values], ...}: every combination runs once')
+    sweep.add_argument("--target", default="sharpe_ratio", help="the metric to rank by")
+    sweep.add_argument("--direction", choices=["max", "min"], default="max")
+    sweep.add_argument("--constraint", action="append", default=[], metavar="'METRIC OP NUMBER'",
+                       help="combinations failing it rank last (OP: < <= > >=); repeatable")
+    sweep.add_argument("--oos-start", metavar="DATE",
+                       help="tune before DATE, then run the best from DATE to the end")
+    sweep.add_argument("--json", action="store_true",
+                       help="print get_sweep_status's object on stdout, and nothing else there")
+    sweep.add_argument("--output-dir", type=Path, metavar="DIR",
+                       help="write sweep.json (and heatmap.png for a two-parameter grid) there")
+
     serve = commands.add_parser("serve", help="start the MCP server")
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio",
                        help="stdio (one local client) or streamable HTTP (tenants by token)")
@@ -163,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     handlers = {
         "run": _cmd_run,
+        "sweep": _cmd_sweep,
         "serve": _cmd_serve,
         "build-image": _cmd_build_image,
         "doctor": _cmd_doctor,
@@ -235,6 +258,39 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_outcome(outcome)
         _print_gates(gates)
+    return code_
+
+
+def _cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from .sweep_command import parse_grid, print_sweep, run_sweep
+
+    try:
+        text = args.strategy.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidRequest("STRATEGY", f"must be a readable UTF-8 file ({e})") from None
+    code = check_code(text, settings.max_code_bytes, field="STRATEGY")
+    config = _read_config(args, settings)
+    grid = parse_grid(args.grid)
+    with _signals_cancel() as cancel:
+        status, code_ = run_sweep(
+            code,
+            config,
+            settings,
+            cancel,
+            grid=grid,
+            target=args.target,
+            direction=args.direction,
+            constraints=args.constraint,
+            oos_start=args.oos_start,
+            show_progress=not args.json,
+            output_dir=args.output_dir,
+        )
+    if cancel.signal is not None and status["status"] == JobStatus.CANCELLED.value:
+        code_ = 128 + cancel.signal
+    if args.json:
+        print(json.dumps(status))
+    else:
+        print_sweep(status)
     return code_
 
 

@@ -40,10 +40,11 @@ from backtest_sandbox.jobs.audit import AUDIT_LOGGER
 from backtest_sandbox.jobs.engine import Engine
 from backtest_sandbox.jobs.service import BacktestService
 from backtest_sandbox.jobs.store import JobSummary
+from backtest_sandbox.jobs.sweeps import SweepStatus, SweepSubmitResponse
 from backtest_sandbox.jobs.views import Catalog
 
 from . import http_auth
-from .charts import render_chart
+from .charts import render_chart, render_heatmap
 from .config_document import config_document, config_input_schema
 
 DEFAULT_HOST = "127.0.0.1"
@@ -63,8 +64,10 @@ Submit with run_backtest (read the backtest://config resource for the config rul
 get_backtest_status (or listen on backtest://{id}), or pass wait=true to block until it
 finishes (with progress notifications when you send a progress token). The status carries a
 summary of the result; read_backtest(full=true) and the CSV resources give all of it; page the
-trade log with read_backtest_orders; read_backtest_chart draws the equity or drawdown curve;
-list_data shows the market data. An identical earlier run is answered from the cache.
+trade log (or, with kind="orders", every order's life) with read_backtest_orders;
+read_backtest_chart draws the equity or drawdown curve; list_data shows the market data. An
+identical earlier run is answered from the cache. run_sweep runs a grid of parameters (with an
+optional out-of-sample check) and get_sweep_status ranks the combinations.
 """
 
 BacktestId = Annotated[str, Field(description="The id run_backtest returned (bt_...).")]
@@ -227,6 +230,7 @@ def build_server(
         tenant_of = access.tenant_of
     heavy = HeavyReads()
     _add_job_tools(mcp, service, tenant_of, heavy)
+    _add_sweep_tools(mcp, service, tenant_of, heavy)
     _add_result_tools(mcp, service, tenant_of, heavy)
     _add_backtest_resources(mcp, service, tenant_of, heavy)
     _add_config_resources(mcp, service.settings)
@@ -282,7 +286,7 @@ def _add_job_tools(
             str | None, Field(description="next_cursor of the previous page.")
         ] = None,
     ) -> views.ListResponse:
-        """Your backtests, newest first, a page at a time."""
+        """Your backtests and sweeps (kind: "sweep"), newest first, a page at a time."""
         return await _call(
             service.list_backtests, tenant_of(ctx), status=status, limit=limit, cursor=cursor
         )
@@ -292,7 +296,7 @@ def _add_job_tools(
     async def cancel_backtest(
         backtest_id: BacktestId, ctx: Context[Any, Any]
     ) -> views.CancelResponse:
-        """Cancel a queued or running backtest; a running container is killed at once."""
+        """Cancel a queued or running backtest or sweep; a running container is killed at once."""
         return await _call(service.cancel, tenant_of(ctx), backtest_id)
 
     @mcp.tool(annotations=CANCELS)
@@ -300,7 +304,7 @@ def _add_job_tools(
     async def delete_backtest(
         backtest_id: BacktestId, ctx: Context[Any, Any]
     ) -> views.DeleteResponse:
-        """Delete a backtest and its result (a running one is cancelled first)."""
+        """Delete a backtest or a sweep and its results (a running one is cancelled first)."""
         return await _call(service.delete, tenant_of(ctx), backtest_id)
 
     @mcp.tool(annotations=READ_ONLY)
@@ -315,6 +319,89 @@ def _add_job_tools(
         """The market data this server has: each symbol and timeframe with its first and last
         bar and how many; and whether an unknown symbol falls back to synthetic bars."""
         return await _call(service.catalog)
+
+
+SweepId = Annotated[str, Field(description="The sweep_id run_sweep returned.")]
+GridArg = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {"type": "array", "minItems": 1},
+            "description": "{param: [values]}: every combination of the values runs once, "
+            "with the config's params as the base.",
+        }
+    ),
+]
+
+
+def _add_sweep_tools(
+    mcp: MCPServer[Any], service: BacktestService, tenant_of: TenantResolver, heavy: HeavyReads
+) -> None:
+    """Parameter sweeps (docs/interface.md section 9)."""
+
+    @mcp.tool(annotations=SUBMITS)
+    @answers(SweepSubmitResponse)
+    async def run_sweep(
+        code_content: Annotated[str, Field(description="The strategy's Python source.")],
+        config: ConfigArg,
+        grid: GridArg,
+        ctx: Context[Any, Any],
+        language: LanguageArg = "python",
+        target: Annotated[
+            str, Field(description="The metric to rank by (a metric name).")
+        ] = "sharpe_ratio",
+        direction: Annotated[
+            Literal["max", "min"], Field(description="max: higher is better.")
+        ] = "max",
+        constraints: Annotated[
+            list[str],
+            Field(description="Each 'METRIC OP NUMBER', OP one of < <= > >=, e.g. "
+            "'max_drawdown_pct <= 25'; combinations failing one rank last."),
+        ] = [],  # noqa: B006  (the SDK copies defaults; it is never mutated)
+        oos_start: Annotated[
+            str | None,
+            Field(description="ISO date: tune on [start_date, oos_start), then run the best "
+            "combination once on [oos_start, end_date]."),
+        ] = None,
+    ) -> SweepSubmitResponse:
+        """Run a strategy over a grid of parameters, one backtest per combination (each in its
+        own sandbox, cached like run_backtest), and rank them by target. Poll
+        get_sweep_status for progress, the ranking, the best combination and, with oos_start,
+        its out-of-sample result."""
+        return await _call(
+            service.submit_sweep,
+            tenant_of(ctx),
+            code_content,
+            language,
+            config,
+            grid=grid,
+            target=target,
+            direction=direction,
+            constraints=constraints,
+            oos_start=oos_start,
+        )
+
+    @mcp.tool(annotations=READ_ONLY)
+    @answers(SweepStatus)
+    async def get_sweep_status(
+        sweep_id: SweepId,
+        ctx: Context[Any, Any],
+        top: Annotated[Any, _integer("How many ranked combinations to return.", 20)] = 20,
+    ) -> CallToolResult:
+        """A sweep's progress (combinations done of total) and its ranking, best first
+        (combinations failing a constraint last), the best combination, its out-of-sample
+        result and deflated Sharpe ratio; with two varying parameters a completed sweep also
+        returns a heatmap of the target as a PNG image."""
+        tenant = tenant_of(ctx)
+        async with heavy.slot(tenant):
+            answer, heatmap = await _call(service.sweep_status, tenant, sweep_id, top=top)
+            png = None if heatmap is None else await _call(render_heatmap, heatmap)
+        data = answer.model_dump(mode="json")
+        content: list[Any] = [TextContent(text=json.dumps(data))]
+        if png is not None:
+            content.append(Image(data=png, format="png").to_image_content())
+        return CallToolResult(content=content, structured_content=data)
 
 
 def _add_result_tools(
@@ -349,13 +436,30 @@ def _add_result_tools(
     async def read_backtest_orders(
         backtest_id: BacktestId,
         ctx: Context[Any, Any],
-        start: Annotated[Any, _integer("Index of the first trade.", 0)] = 0,
+        start: Annotated[Any, _integer("Index of the first entry.", 0)] = 0,
         end: Annotated[
-            Any, _integer("Index after the last trade (at most start + 500).", 100)
+            Any, _integer("Index after the last entry (at most start + 500).", 100)
         ] = 100,
+        kind: Annotated[
+            Any,
+            WithJsonSchema(
+                {
+                    "type": "string",
+                    "enum": ["trades", "orders"],
+                    "default": "trades",
+                    "description": "trades: the closed trades; orders: every order's life",
+                }
+            ),
+        ] = "trades",
     ) -> views.OrdersResponse:
-        """A page of a completed backtest's trade log (one entry per closed trade)."""
-        return await _call(service.orders, tenant_of(ctx), backtest_id, start=start, end=end)
+        """A page of a completed backtest's trade log (kind=trades, the default: one entry
+        per closed trade, in closing order) or order log (kind=orders: one entry per order, in
+        creation order, with its status events from Submitted to Completed, Canceled, Expired
+        or Margin (not enough cash), and why it ended unfilled). Every page also carries the
+        positions still open after the last bar, with their unrealised pnl."""
+        return await _call(
+            service.orders, tenant_of(ctx), backtest_id, start=start, end=end, kind=kind
+        )
 
     @mcp.tool(annotations=READ_ONLY)
     @answers(views.ChartSeries)

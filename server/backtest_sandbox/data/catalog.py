@@ -42,6 +42,13 @@ Cutting: bars with start_date <= bar date <= end_date; end_date includes the who
 intraday bars. Resampled bins are cut by their label, so a W1 or MN1 bar is complete and
 starts inside the range, as a file of that timeframe would be.
 
+Several feeds (`extra_symbols`) and a benchmark: each extra symbol is prepared as the symbol
+is (same timeframe, range and data_source rules), then all feeds are cut to the timestamps
+they all have; the benchmark is always read from a file (its bars in the range and the last
+one before it) and is valued at the run's bars by its last close at or before each
+(alignment.py). `prepare` does all of it; `prepare_symbol` is one
+symbol alone.
+
 The normalised CSV (PROTOCOL.md): header `datetime,open,high,low,close,volume`, timestamps
 `YYYY-MM-DDTHH:MM:SS`, floats as Python's `repr` (the shortest text that round-trips),
 `\\n` line ends. Its SHA-256 is the data's content hash (results and the cache key).
@@ -54,6 +61,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -65,9 +73,10 @@ import pandas as pd
 
 from backtest_sandbox.domain.config import SYMBOL_PATTERN, BacktestConfig
 from backtest_sandbox.domain.errors import DataError, InvalidRequest
-from backtest_sandbox.domain.models import DataInfo
+from backtest_sandbox.domain.models import DataInfo, FeedInfo
 from backtest_sandbox.domain.timeframes import Timeframe
 
+from . import alignment
 from .synthetic import synthetic_bars
 
 log = logging.getLogger(__name__)
@@ -106,6 +115,16 @@ class PreparedData:
     warnings: list[str] = field(default_factory=list)
     name: str | None = None  # the file relative to the catalog, as messages name it
     identity: str = ""  # what `data_identity` said of the source these bars were read from
+    # The run's other feeds (config.extra_symbols, in order), on the same timestamps as these.
+    extras: tuple[PreparedData, ...] = ()
+    # config.benchmark's own bars in the range, and its close at each of this feed's bars.
+    benchmark: PreparedData | None = None
+    benchmark_closes: tuple[float, ...] = ()
+
+    @property
+    def feeds(self) -> tuple[PreparedData, ...]:
+        """Every feed of the run in order: this one (the symbol), then the extra symbols."""
+        return (self, *self.extras)
 
     def info(self) -> DataInfo:
         """The `data` block of a result (docs/interface.md section 4); names no host path."""
@@ -116,7 +135,15 @@ class PreparedData:
             last=self.last,
             sha256=self.sha256,
             path=self.name,
+            extra_symbols=[extra.feed_info() for extra in self.extras],
+            benchmark=None if self.benchmark is None else self.benchmark.feed_info(),
         )
+
+    def feed_info(self) -> FeedInfo:
+        return FeedInfo(
+            symbol=self.symbol, source=self.source, bars=self.bars, sha256=self.sha256,
+            path=self.name,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -524,10 +551,11 @@ def _clamp(day: date) -> date:
     return min(max(day, INDEX_FIRST_DAY), INDEX_LAST_DAY)
 
 
-def cut(frame: pd.DataFrame, start: date, end: date) -> pd.DataFrame:
-    """A copy of the bars with start <= bar date <= end (the whole of `end` for intraday)."""
+def cut(frame: pd.DataFrame, start: date, end: date, *, lead: int = 0) -> pd.DataFrame:
+    """A copy of the bars with start <= bar date <= end (the whole of `end` for intraday),
+    and the `lead` bars before start when there are."""
     index = pd.DatetimeIndex(frame.index)
-    lo = index.searchsorted(pd.Timestamp(_clamp(start)), side="left")
+    lo = max(0, index.searchsorted(pd.Timestamp(_clamp(start)), side="left") - lead)
     hi = index.searchsorted(pd.Timestamp(_clamp(end) + timedelta(days=1)), side="left")
     # A copy, so that a run's bars do not keep a whole (possibly huge) file alive.
     return frame.iloc[lo:hi].copy()
@@ -644,27 +672,48 @@ def _prepared(
     name: str | None,
     notes: list[str],
 ) -> PreparedData:
-    data = normalised_csv(frame)
-    index = pd.DatetimeIndex(frame.index)
-    return PreparedData(
+    empty = PreparedData(
         symbol=config.symbol,
         timeframe=config.timeframe,
         frame=frame,
         source=source,
         path=path,
+        bars=0,
+        first="",
+        last="",
+        csv_bytes=b"",
+        sha256="",
+        warnings=notes,
+        name=name,
+    )
+    return _with_frame(empty, frame)
+
+
+def _with_frame(data: PreparedData, frame: pd.DataFrame) -> PreparedData:
+    """`data` holding the bars of `frame` (non-empty): its CSV, hash, count, first and last."""
+    csv_bytes = normalised_csv(frame)
+    index = pd.DatetimeIndex(frame.index)
+    return replace(
+        data,
+        frame=frame,
         bars=len(frame),
         first=_iso(index[0]),
         last=_iso(index[-1]),
-        csv_bytes=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        warnings=notes,
-        name=name,
+        csv_bytes=csv_bytes,
+        sha256=hashlib.sha256(csv_bytes).hexdigest(),
     )
 
 
 def _from_file(
-    config: BacktestConfig, data_dir: Path, path: Path, source_timeframe: Timeframe
+    config: BacktestConfig,
+    data_dir: Path,
+    path: Path,
+    source_timeframe: Timeframe,
+    *,
+    lead: int = 0,
 ) -> PreparedData:
+    """The file's bars in the config's range (resampled when the file is finer), and the
+    `lead` bars before the range when there are (a benchmark's last close before it)."""
     name = _relative(path, data_dir)
     identity = _file_identity(path)
     whole, notes = read_bars(path, name=name)
@@ -673,16 +722,20 @@ def _from_file(
         raise DataError(f"{name} changed while it was read; run again", file=name, rule="changed")
     frame = whole
     if source_timeframe is not config.timeframe:
-        window = cut(whole, config.start_date, _clamp(config.end_date) + RESAMPLE_MARGIN)
+        # A lead bar is a whole bin before the range: start the window a bin earlier.
+        first = _clamp(config.start_date) - (RESAMPLE_MARGIN if lead else timedelta(0))
+        window = cut(whole, first, _clamp(config.end_date) + RESAMPLE_MARGIN)
         frame = resample(window, config.timeframe)
         notes.append(
             f"{config.symbol} {config.timeframe.name} resampled from "
             f"{source_timeframe.name} ({name})"
         )
-    frame = cut(frame, config.start_date, config.end_date)
     index = pd.DatetimeIndex(whole.index)
-    _enough(frame, config, name, f"{name} holds {_iso(index[0])} to {_iso(index[-1])}")
-    prepared = _prepared(config, frame, "file", path, name, notes)
+    in_range = cut(frame, config.start_date, config.end_date)
+    _enough(in_range, config, name, f"{name} holds {_iso(index[0])} to {_iso(index[-1])}")
+    if lead:
+        in_range = cut(frame, config.start_date, config.end_date, lead=lead)
+    prepared = _prepared(config, in_range, "file", path, name, notes)
     return replace(prepared, identity=f"{identity}:{source_timeframe.name}")
 
 
@@ -710,26 +763,187 @@ def _file_identity(path: Path) -> str:
 def data_identity(config: BacktestConfig, data_dir: Path) -> str:
     """What `prepare` would read for `config`, named without reading or generating any bars.
 
-    Cheap (a few directory entries and one stat), so a submission can compute its cache key
-    before any data work; `PreparedData.identity` is the same string for the bars a run
-    actually used, so the result is cached under the data it came from.
+    Cheap (a few directory entries and one stat per feed), so a submission can compute its
+    cache key before any data work; `PreparedData.identity` is the same string for the bars a
+    run actually used, so the result is cached under the data it came from. It names every
+    feed's source: the symbol's, each extra symbol's and the benchmark's.
 
     Raises:
-        DataError: the catalog is ambiguous (several directories for the symbol), or the
-            file cannot be looked at.
+        DataError: the catalog is ambiguous (several directories for a symbol), or a file
+            cannot be looked at.
     """
+    parts = [_symbol_identity(config, data_dir)]
+    for symbol in config.extra_symbols:
+        parts.append(f"{symbol}={_symbol_identity(_as_symbol(config, symbol), data_dir)}")
+    if config.benchmark is not None:
+        located = locate(data_dir, config.benchmark, config.timeframe)
+        identity = "none" if located is None else _located_identity(*located)
+        parts.append(f"benchmark {config.benchmark}={identity}")
+    return "|".join(parts)  # one symbol and no benchmark: its identity alone, as before
+
+
+def _located_identity(path: Path, source_timeframe: Timeframe) -> str:
+    return f"{_file_identity(path)}:{source_timeframe.name}"
+
+
+def _symbol_identity(config: BacktestConfig, data_dir: Path) -> str:
+    """`data_identity` of `config.symbol` alone."""
     if config.data_source == "synthetic":
         return SYNTHETIC_IDENTITY
     located = locate(data_dir, config.symbol, config.timeframe)
     if located is None:
         # `file` will fail with data_error; `auto` falls back to synthetic bars.
         return "none" if config.data_source == "file" else SYNTHETIC_IDENTITY
-    path, source_timeframe = located
-    return f"{_file_identity(path)}:{source_timeframe.name}"
+    return _located_identity(*located)
+
+
+def _as_symbol(config: BacktestConfig, symbol: str) -> BacktestConfig:
+    """`config` for another symbol: the same timeframe, range and data_source."""
+    return config.model_copy(update={"symbol": symbol})
 
 
 def prepare(config: BacktestConfig, data_dir: Path) -> PreparedData:
-    """The bars for a run, by `config.data_source`.
+    """The bars for a run: the symbol's, with the extra symbols' and the benchmark's.
+
+    Each feed is prepared as `prepare_symbol` says, with the config's timeframe, range and
+    data_source; the feeds are then aligned on the timestamps they all have, and the
+    benchmark's closes are taken at the run's bars (see alignment.py). The result is the
+    symbol's `PreparedData`, carrying the others in `extras` and `benchmark`, and an
+    `identity` that names every source (`data_identity`).
+
+    Raises:
+        DataError: as `prepare_symbol`, for any feed; a failure of an extra symbol or the
+            benchmark names `config.extra_symbols` or `config.benchmark` (`details.field`);
+            too few bars left after the alignment; a benchmark that has no file (it is
+            never synthetic) or no bar at or before the run's first bar.
+    """
+    main = prepare_symbol(config, data_dir)
+    if not config.extra_symbols and config.benchmark is None:
+        return main
+    extras = [
+        _for_field(alignment.EXTRA_SYMBOLS_FIELD, symbol, prepare_symbol, config, data_dir)
+        for symbol in config.extra_symbols
+    ]
+    notes = [note for feed in (main, *extras) for note in feed.warnings]
+    if extras:
+        main, extras, note = _aligned(config, main, extras)
+        notes.extend(note)
+    benchmark: PreparedData | None = None
+    closes: list[float] = []
+    if config.benchmark is not None:
+        benchmark, closes, note = _benchmark(config, data_dir, pd.DatetimeIndex(main.frame.index))
+        notes.extend([*benchmark.warnings, *note])
+    # A fallback to synthetic bars is what a caller must not miss: it comes first
+    # (interface section 8: "the status says so in its first warning").
+    notes.sort(key=lambda note: not note.startswith("synthetic data"))
+    return replace(
+        main,
+        extras=tuple(extras),
+        benchmark=benchmark,
+        benchmark_closes=tuple(closes),
+        warnings=notes,
+        identity=_run_identity(config, main, extras, benchmark),
+    )
+
+
+def _for_field(
+    field_name: str,
+    symbol: str,
+    load: Callable[[BacktestConfig, Path], PreparedData],
+    config: BacktestConfig,
+    data_dir: Path,
+) -> PreparedData:
+    """`load` for `symbol`; a DataError names the config field the symbol came from."""
+    try:
+        return load(_as_symbol(config, symbol), data_dir)
+    except DataError as e:
+        details = {**e.details, "field": field_name, "symbol": symbol}
+        raise DataError(f"{field_name}: {e}", **details) from None
+
+
+def _aligned(
+    config: BacktestConfig, main: PreparedData, extras: list[PreparedData]
+) -> tuple[PreparedData, list[PreparedData], list[str]]:
+    """The feeds on the timestamps they all have, and the warning when any lost bars.
+
+    Raises:
+        DataError: fewer than MIN_BARS bars are left (names config.extra_symbols).
+    """
+    feeds = [main, *extras]
+    frames, lost = alignment.intersect([feed.frame for feed in feeds])
+    if not any(lost):
+        return main, extras, []
+    bars = len(frames[0])
+    if bars < MIN_BARS:
+        field_name = alignment.EXTRA_SYMBOLS_FIELD
+        counts = ", ".join(f"{feed.symbol} {feed.bars}" for feed in feeds)
+        raise DataError(
+            f"{field_name}: only {bars} bars of {config.timeframe.name} between "
+            f"{config.start_date} and {config.end_date} are in every feed ({counts} on "
+            f"their own); at least {MIN_BARS} common bars are needed",
+            field=field_name,
+            rule="min_bars",
+            bars=bars,
+        )
+    note = alignment.lost_bars_warning([feed.symbol for feed in feeds], lost, bars)
+    aligned = [
+        feed if count == 0 else _with_frame(feed, frame)
+        for feed, frame, count in zip(feeds, frames, lost, strict=True)
+    ]
+    return aligned[0], aligned[1:], [note]
+
+
+def _benchmark(
+    config: BacktestConfig, data_dir: Path, run_index: pd.DatetimeIndex
+) -> tuple[PreparedData, list[float], list[str]]:
+    """The benchmark's bars (from a file, never synthetic: those in the range and the last
+    one before it), its close at each of the run's bars, and a warning when some were
+    carried forward.
+
+    Raises:
+        DataError: naming config.benchmark: no file, a malformed one, too few bars in the
+            range, or no bar at or before the run's first bar.
+    """
+    symbol = config.benchmark
+    assert symbol is not None
+    data = _for_field(alignment.BENCHMARK_FIELD, symbol, _benchmark_file, config, data_dir)
+    closes, carried = alignment.as_of(run_index, data.frame["close"], symbol)
+    note = [alignment.carried_warning(symbol, carried, len(run_index))] if carried else []
+    return data, closes, note
+
+
+def _benchmark_file(config: BacktestConfig, data_dir: Path) -> PreparedData:
+    """The benchmark's bars: `prepare_symbol` with data_source `file`, whatever the run's."""
+    located = locate(data_dir, config.symbol, config.timeframe)
+    if located is None:
+        what = f"{config.symbol} {config.timeframe.name}"
+        raise DataError(
+            f"no data for {what}: the catalog has no {config.symbol}/{config.timeframe.name}"
+            ".csv or .parquet, nor a finer timeframe to resample it from (a benchmark is "
+            "always read from a file, never made synthetic)",
+            rule="no_data",
+            symbol=config.symbol,
+            timeframe=config.timeframe.name,
+        )
+    # The bar before the range too: its close is the last known one at the run's first bar.
+    return _from_file(config, data_dir, *located, lead=1)
+
+
+def _run_identity(
+    config: BacktestConfig,
+    main: PreparedData,
+    extras: list[PreparedData],
+    benchmark: PreparedData | None,
+) -> str:
+    """`data_identity`'s string for the feeds a run really read."""
+    parts = [main.identity, *(f"{extra.symbol}={extra.identity}" for extra in extras)]
+    if benchmark is not None:
+        parts.append(f"benchmark {config.benchmark}={benchmark.identity}")
+    return "|".join(parts)
+
+
+def prepare_symbol(config: BacktestConfig, data_dir: Path) -> PreparedData:
+    """The bars of `config.symbol` alone, by `config.data_source`.
 
     `file`: the catalog file for the symbol and timeframe, or one resampled from a finer
     file. `synthetic`: seeded synthetic bars. `auto`: as `file` when the catalog has a file

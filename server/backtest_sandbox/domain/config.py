@@ -30,6 +30,7 @@ MAX_CAPITAL = 1e15
 MAX_ORDER_UNITS = 1e12
 MAX_PARAMS_DEPTH = 16  # nesting of the params object
 MAX_PARAMS_BYTES = 64 * 1024  # its JSON
+MAX_EXTRA_SYMBOLS = 20  # more feeds per run (interface section 8)
 
 
 class BacktestConfig(BaseModel):
@@ -97,11 +98,35 @@ class BacktestConfig(BaseModel):
         "runs no user code computes the numbers) or fast (one process, its own numbers)",
     )
 
-    @field_validator("symbol")
+    extra_symbols: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_EXTRA_SYMBOLS,
+        description=f"at most {MAX_EXTRA_SYMBOLS} more symbols, each like symbol, none repeated: "
+        "more feeds on the same timeframe and range, aligned by timestamp (self.datas[1:], "
+        "each named by its symbol)",
+    )
+    benchmark: str | None = Field(
+        None,
+        description="null or a symbol like symbol: its buy-and-hold over the same bars is "
+        "compared with the strategy (alpha, beta, correlation, information_ratio, "
+        "tracking_error_pct)",
+    )
+
+    @field_validator("symbol", "benchmark")
     @classmethod
-    def _symbol_chars(cls, value: str) -> str:
-        if not SYMBOL_PATTERN.fullmatch(value):
+    def _symbol_chars(cls, value: str | None) -> str | None:
+        if value is not None and not SYMBOL_PATTERN.fullmatch(value):
             raise ValueError("must be 1 to 32 letters, digits and _")
+        return value
+
+    @field_validator("extra_symbols")
+    @classmethod
+    def _extra_symbols_chars(cls, value: list[str]) -> list[str]:
+        for index, symbol in enumerate(value):
+            if not SYMBOL_PATTERN.fullmatch(symbol):
+                raise ValueError(f"item {index} ({symbol!r}) must be 1 to 32 letters, digits and _")
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a symbol")
         return value
 
     @field_validator("timeframe", mode="before")
@@ -128,6 +153,8 @@ class BacktestConfig(BaseModel):
     def _dates_in_order(self) -> BacktestConfig:
         if self.end_date <= self.start_date:
             raise ValueError("end_date must be after start_date")
+        if self.symbol in self.extra_symbols:
+            raise ValueError(f"extra_symbols must not repeat symbol {self.symbol!r}")
         return self
 
     @field_validator("contract_size")

@@ -32,4 +32,11 @@ METRIC_MEANINGS: dict[str, str] = {
     "avg_bars_held": "how long a trade was open on average, in bars",
     "total_commission": "commission paid on closed trades",
     "sqn": "System Quality Number: sqrt(trades) x mean / std of trade profits",
+    "buy_and_hold_return_pct": "buying at the first bar's close, selling at the last's, in percent",
+    "probabilistic_sharpe_ratio": "the probability that the true Sharpe ratio is above 0 (PSR)",
+    "alpha": "the yearly return not explained by the benchmark (Jensen's alpha), a fraction",
+    "beta": "how much the bar returns move with the benchmark's: cov / var of the benchmark",
+    "correlation": "the Pearson correlation of bar returns with the benchmark's",
+    "information_ratio": "mean bar return above the benchmark over its std, annualised",
+    "tracking_error_pct": "the std of bar returns above the benchmark, annualised, in percent",
 }

@@ -25,6 +25,23 @@ Equity:
 - calmar_ratio = cagr_pct / max_drawdown_pct
 - exposure_pct = bars_in_market / N * 100
 
+Research (`statistics.py` has the formulas and the papers): with C_1..C_N the run's main
+symbol close at each bar (`closes`) and B_1..B_N the benchmark's close at the same bars
+(`benchmark_closes`):
+
+- buy_and_hold_return_pct = (C_N / C_1 - 1) * 100: bought at the first bar's close, held to
+  the last bar's close (None without closes)
+- probabilistic_sharpe_ratio = PSR of r_1..r_N against a Sharpe ratio of 0: the
+  probability that the true per-bar Sharpe ratio is above 0, given N returns and their
+  skewness and kurtosis (Bailey and Lopez de Prado 2012)
+- with a benchmark, b_i = B_i / B_(i-1) - 1 for i = 2..N (the benchmark's first bar has no
+  previous close, so r_1 is left out and r_2..r_N is compared with b_2..b_N, N - 1
+  returns): beta = cov(r, b) / var(b); alpha = (mean(r) - beta * mean(b)) * P (Jensen's
+  alpha, risk-free 0, annualised, a fraction); correlation (Pearson); information_ratio =
+  mean(r - b) / std(r - b) * sqrt(P); tracking_error_pct = std(r - b) * sqrt(P) * 100.
+  All five are None without a benchmark, with fewer than 2 aligned returns, with a close
+  <= 0 before the last bar, or with zero variance where they divide by it.
+
 Trades (on `pnl_net`, profit after commission; a trade is won when pnl_net > 0, lost when
 pnl_net < 0; a trade at exactly 0 is neither):
 
@@ -57,6 +74,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from . import statistics
 
 FloatArray = npt.NDArray[np.float64]
 Metrics = dict[str, float | int | None]
@@ -206,6 +225,45 @@ def _trade_metrics(trades: Sequence[Mapping[str, Any]]) -> Metrics:
     }
 
 
+def _per_bar_closes(name: str, values: Sequence[float] | None, bars: int) -> FloatArray | None:
+    """`values` as an array of one close per bar, or None when not given.
+
+    Raises:
+        ValueError: values does not have exactly one close per bar.
+    """
+    if values is None:
+        return None
+    series = np.asarray(values, dtype=np.float64)
+    if series.shape != (bars,):
+        raise ValueError(f"{name}: must have one close per bar ({bars}), got {series.size}")
+    return series
+
+
+def _research_metrics(
+    values: FloatArray,
+    closes: FloatArray | None,
+    benchmark_closes: FloatArray | None,
+    periods_per_year: float,
+) -> Metrics:
+    """buy and hold, PSR and the benchmark comparison (module docstring, "Research")."""
+    returns = _returns(values)
+    out: Metrics = {
+        "buy_and_hold_return_pct": (
+            None if closes is None else statistics.buy_and_hold_return_pct(closes)
+        ),
+        "probabilistic_sharpe_ratio": (
+            None if returns is None else statistics.probabilistic_sharpe_ratio(returns)
+        ),
+    }
+    benchmark_returns = None if benchmark_closes is None else _returns(benchmark_closes)
+    if returns is None or benchmark_returns is None:
+        empty: FloatArray = np.empty(0, dtype=np.float64)  # every comparison figure None
+        returns = benchmark_returns = empty
+    # r_1 is against V0, a time the benchmark has no close for: compare r_2..r_N with b_2..b_N.
+    out.update(statistics.benchmark_comparison(returns[1:], benchmark_returns, periods_per_year))
+    return out
+
+
 def compute_metrics(
     equity: Sequence[float],
     trades: Sequence[Mapping[str, Any]],
@@ -213,13 +271,20 @@ def compute_metrics(
     initial_capital: float,
     periods_per_year: float,
     bars_in_market: int,
+    closes: Sequence[float] | None = None,
+    benchmark_closes: Sequence[float] | None = None,
 ) -> Metrics:
     """Every metric of the module docstring, by name; undefined ones are None.
 
+    `closes` is the run's main symbol close at each bar and `benchmark_closes` the
+    benchmark's close at the same bars, both of the equity's length N; without them the
+    figures that need them are None.
+
     Raises:
         ValueError: initial_capital or periods_per_year is not a positive finite number,
-            bars_in_market is negative, or a trade's pnl_net (or a present commission or
-            bars_held) is not a number.
+            bars_in_market is negative, closes or benchmark_closes is not one close per
+            bar, or a trade's pnl_net (or a present commission or bars_held) is not a
+            number.
     """
     if not (math.isfinite(initial_capital) and initial_capital > 0):
         raise ValueError(f"initial_capital: must be a positive number, got {initial_capital}")
@@ -228,7 +293,11 @@ def compute_metrics(
     if bars_in_market < 0:
         raise ValueError(f"bars_in_market: must be >= 0, got {bars_in_market}")
     curve = np.asarray(equity, dtype=np.float64)
+    main = _per_bar_closes("closes", closes, curve.size)
+    benchmark = _per_bar_closes("benchmark_closes", benchmark_closes, curve.size)
     with np.errstate(all="ignore"):  # overflow and 0/0 become None via _finite, not warnings
         metrics = _equity_metrics(curve, initial_capital, periods_per_year, bars_in_market)
         metrics.update(_trade_metrics(trades))
+        values = np.concatenate([[initial_capital], curve])
+        metrics.update(_research_metrics(values, main, benchmark, periods_per_year))
     return metrics

@@ -39,13 +39,30 @@ class EquityPoint(BaseModel):
     value: float
 
 
+class FeedInfo(BaseModel):
+    """Where one more feed of a run (an extra symbol) or its benchmark came from."""
+
+    symbol: str
+    source: str  # "file" or "synthetic" (a benchmark is always "file")
+    # An extra symbol: the run's bars. The benchmark: its own bars in the range and the last
+    # one before it (its last known close at the run's first bar).
+    bars: int
+    sha256: str  # of these bars in the normalised CSV form
+    path: str | None = None
+
+
 class DataInfo(BaseModel):
+    """The bars of the run's `symbol` (feed 0), and the other feeds' sources."""
+
     source: str  # "file" or "synthetic"
     bars: int
     first: str
     last: str
     sha256: str
     path: str | None = None
+    # The extra symbols' feeds, in config order, on the same timestamps as feed 0.
+    extra_symbols: list[FeedInfo] = Field(default_factory=list)
+    benchmark: FeedInfo | None = None
 
 
 class Provenance(BaseModel):
@@ -84,6 +101,10 @@ class BacktestResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     # Results stored before verified mode existed were all fast runs: the default says so.
     integrity: Integrity = Field(default_factory=Integrity)
+    # Every order's life, in creation order (jobs/order_log.py), and the positions still open
+    # after the last bar. Results stored before these existed have neither.
+    order_log: list[dict[str, Any]] = Field(default_factory=list)
+    open_positions: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class RunOutcome(BaseModel):

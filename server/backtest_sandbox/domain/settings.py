@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # Tenants (README "Multi-tenant HTTP").
     tenant_max_running: int | None = Field(None, ge=1)  # None: max_workers (no per-tenant cap)
     tenant_max_queued: int = Field(100, ge=1)  # a submission beyond it is refused
+    # Parameter sweeps (README "Parameter sweeps"): the largest grid, and how many of its
+    # combinations one tenant may have waiting across its sweeps.
+    max_sweep_combinations: int = Field(500, ge=1)
+    tenant_max_queued_combinations: int = Field(1000, ge=1)
     # What a tenant may keep (README "Storage"): jobs of every status, cache hits included,
     # and the bytes of its stored results. None: no limit.
     tenant_max_stored_jobs: int | None = Field(10_000, ge=1)

@@ -39,9 +39,10 @@ from backtest_sandbox.image import build as image
 from backtest_sandbox.sandbox.claim import CompletedClaim, InvalidClaim, parse_claim
 from backtest_sandbox.sandbox.runner import ProgressCallback, SandboxJob, SandboxRunner
 from backtest_sandbox.sandbox.supervisor import Verdict
-from backtest_sandbox.verify.gate import BarGate, GateLimits
+from backtest_sandbox.verify.gate import BarGate, GateLimits, step_rows
 from backtest_sandbox.verify.referee import RefereePool
 
+from . import order_log
 from .cache import cache_key
 
 # The referee gets at least this long to finish after the strategy side ends (it follows one
@@ -155,7 +156,7 @@ class Engine:
         on_progress: ProgressCallback | None,
     ) -> RunOutcome:
         config = request.config
-        inputs = {} if gate is not None else {"data.csv": data.csv_bytes}
+        inputs = {} if gate is not None else _feed_files(data)
         verdict = self.runner.run(
             SandboxJob(
                 backtest_id=request.backtest_id,
@@ -206,10 +207,14 @@ class Engine:
                 "protocol": 1,
                 "timeframe": request.config.timeframe.name,
                 "broker": _broker(request.config),
-                "bars_csv": data.csv_bytes.decode(),
+                "feeds": [
+                    {"name": feed.symbol, "bars_csv": feed.csv_bytes.decode()}
+                    for feed in data.feeds
+                ],
             }
         )
-        return BarGate(_bar_rows(data.csv_bytes), referee, self._gate_limits)
+        steps = step_rows([feed.csv_bytes for feed in data.feeds])
+        return BarGate(steps, referee, self._gate_limits, feeds=len(data.feeds))
 
     def _referee_numbers(
         self,
@@ -235,16 +240,13 @@ class Engine:
             raise SandboxError("the referee did not complete its replay")
         claim = verdict.claim
         assert claim is not None
-        # Every number alike (the version string aside); == on the models, not on dumps of
-        # them: a long run has tens of thousands of equity points.
-        unversioned = {"backtrader_version": ""}
-        matches = claim.model_copy(update=unversioned) == published.model_copy(update=unversioned)
+        refused = gate.rejected_events + rejected
         integrity = Integrity(
             mode="verified",
             verified=True,
-            claim_matches=matches,
+            claim_matches=_claim_matches(claim, published, refused=refused > 0),
             events=gate.events,
-            rejected_events=gate.rejected_events + rejected,
+            rejected_events=refused,
         )
         return published, integrity
 
@@ -264,6 +266,20 @@ class Engine:
                 self._referees.close()
 
 
+def _claim_matches(claim: CompletedClaim, published: CompletedClaim, *, refused: bool) -> bool:
+    """Every number alike (the version string aside); == on the models, not on dumps of them:
+    a long run has tens of thousands of equity points.
+
+    When the trusted side refused events, the strategy's order log has orders the referee
+    never placed (an order over its exposure cap: the strategy's own broker answered Margin):
+    the logs then differ by design, and the rest must still be equal.
+    """
+    ignored: dict[str, Any] = {"backtrader_version": ""}
+    if refused:
+        ignored |= {"orders": [], "orders_total": 0}
+    return claim.model_copy(update=ignored) == published.model_copy(update=ignored)
+
+
 def _integrity_warnings(
     claim: CompletedClaim, published: CompletedClaim, integrity: Integrity
 ) -> list[str]:
@@ -271,9 +287,10 @@ def _integrity_warnings(
     if integrity.claim_matches is False:
         warnings.append(
             "claim_mismatch: the strategy process reported a final value of "
-            f"{claim.final_value:.2f} and {len(claim.trades)} closed trades; the referee, which "
-            f"runs no user code, computed {published.final_value:.2f} and "
-            f"{len(published.trades)} from the same bars and the orders the strategy "
+            f"{claim.final_value:.2f}, {len(claim.trades)} closed trades and "
+            f"{claim.orders_total} orders; the referee, which runs no user code, computed "
+            f"{published.final_value:.2f}, {len(published.trades)} and "
+            f"{published.orders_total} from the same bars and the orders the strategy "
             "committed. The referee's numbers are the ones published"
         )
     if integrity.rejected_events:
@@ -297,13 +314,26 @@ def _result(
     config = request.config
     trades = [trade.model_dump() for trade in claim.trades]
     if claim.open_trades:
-        warnings.append(f"{claim.open_trades} trade(s) still open at the end are not in trade_log")
+        warnings.append(
+            f"{claim.open_trades} trade(s) still open at the end are not in trade_log "
+            "(open_positions has their positions)"
+        )
+    if claim.orders_total > len(claim.orders):
+        warnings.append(
+            f"order_log_truncated: the run placed {claim.orders_total} orders; the order log "
+            f"holds the first {len(claim.orders)} to be notified"
+        )
+    # The run's bars, or its first ones when the strategy stopped early (runstop): one
+    # close of the symbol, and of the benchmark, per equity point.
+    bars = len(claim.equity_curve)
     metrics = compute_metrics(
         [value for _, value in claim.equity_curve],
         trades,
         initial_capital=config.initial_capital,
         periods_per_year=config.timeframe.periods_per_year,
         bars_in_market=claim.bars_in_market,
+        closes=data.frame["close"].to_numpy()[:bars].tolist(),
+        benchmark_closes=(None if data.benchmark is None else list(data.benchmark_closes[:bars])),
     )
     return BacktestResult(
         backtest_id=request.backtest_id,
@@ -311,6 +341,8 @@ def _result(
         metrics=metrics,
         equity_curve=[EquityPoint(timestamp=t, value=v) for t, v in claim.equity_curve],
         trade_log=trades,
+        order_log=order_log.order_entries(claim.orders),
+        open_positions=order_log.position_entries(claim.open_positions),
         logs=verdict.logs,
         execution_time_seconds=0.0,
         data=data.info(),
@@ -328,11 +360,6 @@ def _result(
     )
 
 
-def _bar_rows(csv_bytes: bytes) -> list[bytes]:
-    """data.csv's rows, newline included, without the header: what the gate releases."""
-    return csv_bytes.splitlines(keepends=True)[1:]
-
-
 def _broker(config: BacktestConfig) -> dict[str, float]:
     """The broker of the job spec (runner_image/PROTOCOL.md), the referee's the same."""
     return {
@@ -346,9 +373,15 @@ def _broker(config: BacktestConfig) -> dict[str, float]:
 def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]:
     """The job spec of runner_image/PROTOCOL.md."""
     config = request.config
-    bars = {"timeframe": config.timeframe.name, "bars": data.bars}
-    if config.mode == "fast":
-        bars["path"] = "/job/data.csv"
+    fast = config.mode == "fast"
+    # Fast: one file per feed; verified: the names only (the bars come through the gate).
+    feeds = [
+        {"name": feed.symbol, "path": f"/job/{name}"} if fast else {"name": feed.symbol}
+        for feed, name in zip(data.feeds, _feed_files(data), strict=True)
+    ]
+    bars: dict[str, Any] = {"timeframe": config.timeframe.name, "bars": data.bars, "feeds": feeds}
+    if fast:
+        bars["path"] = "/job/data.csv"  # feed 0's, as in a spec of one feed
     return {
         "protocol": 1,
         "mode": config.mode,
@@ -357,6 +390,14 @@ def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]
         "params": config.params,
         "broker": _broker(config),
         "data": bars,
+    }
+
+
+def _feed_files(data: catalog.PreparedData) -> dict[str, bytes]:
+    """A fast run's data files, one per feed in order: data.csv, data-1.csv, data-2.csv ..."""
+    return {
+        ("data.csv" if index == 0 else f"data-{index}.csv"): feed.csv_bytes
+        for index, feed in enumerate(data.feeds)
     }
 
 

@@ -12,7 +12,9 @@ directory named by its content hash, in the shapes its readers need:
         drawdown.json    the drawdown curve, likewise
         trades.jsonl     one trade per line ...
         trades.idx       ... and where each line starts (little-endian uint64s): a page of
-                         orders is two seeks, whatever the number of trades
+                         trades is two seeks, whatever the number of trades
+        orders.jsonl, orders.idx   the order log, likewise (absent in results stored
+                         before it existed: no orders)
         equity.csv, trades.csv   the whole series, as the resources serve them
         <name>.png       a chart, once it has been drawn (`chart_png`)
 
@@ -74,7 +76,8 @@ class ResultFiles:
             for name in ("equity", "drawdown"):
                 series = views.chart_series(anonymous, name, max_points=SERIES_POINTS)
                 (staging / f"{name}.json").write_text(series.model_dump_json())
-            _write_trades(staging, result.trade_log)
+            _write_lines(staging, "trades", result.trade_log)
+            _write_lines(staging, "orders", result.order_log)
             (staging / "equity.csv").write_text(equity_csv(result))
             (staging / "trades.csv").write_text(trades_csv(result.trade_log))
             try:
@@ -121,8 +124,19 @@ class ResultFiles:
 
     def trades(self, digest: str, start: int, stop: int) -> tuple[list[dict[str, Any]], int]:
         """Trades [start, stop) and how many there are, reading only those lines."""
+        return self._page(digest, "trades", start, stop)
+
+    def orders(self, digest: str, start: int, stop: int) -> tuple[list[dict[str, Any]], int]:
+        """Orders [start, stop) of the order log and how many there are, likewise."""
+        if not (self.root / digest / "orders.idx").exists():
+            return [], 0  # stored before the order log existed
+        return self._page(digest, "orders", start, stop)
+
+    def _page(
+        self, digest: str, name: str, start: int, stop: int
+    ) -> tuple[list[dict[str, Any]], int]:
         directory = self.root / digest
-        with (directory / "trades.idx").open("rb") as index:
+        with (directory / f"{name}.idx").open("rb") as index:
             total = os.fstat(index.fileno()).st_size // _OFFSET.size - 1
             start, stop = min(start, total), min(stop, total)
             if start >= stop:
@@ -131,7 +145,7 @@ class ResultFiles:
             offsets = index.read((stop - start + 1) * _OFFSET.size)
         first = _OFFSET.unpack_from(offsets, 0)[0]
         last = _OFFSET.unpack_from(offsets, (stop - start) * _OFFSET.size)[0]
-        with (directory / "trades.jsonl").open("rb") as lines:
+        with (directory / f"{name}.jsonl").open("rb") as lines:
             lines.seek(first)
             chunk = lines.read(last - first)
         return [json.loads(line) for line in chunk.splitlines()], total
@@ -162,14 +176,15 @@ class ResultFiles:
         return (self.root / digest / name).read_bytes()
 
 
-def _write_trades(directory: Path, trades: list[dict[str, Any]]) -> None:
+def _write_lines(directory: Path, name: str, records: list[dict[str, Any]]) -> None:
+    """`<name>.jsonl`, one record a line, and `<name>.idx`, where each line starts."""
     offsets = [0]
-    with (directory / "trades.jsonl").open("wb") as lines:
-        for trade in trades:
-            line = json.dumps(trade, separators=(",", ":")).encode() + b"\n"
+    with (directory / f"{name}.jsonl").open("wb") as lines:
+        for record in records:
+            line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
             lines.write(line)
             offsets.append(offsets[-1] + len(line))
-    (directory / "trades.idx").write_bytes(b"".join(_OFFSET.pack(o) for o in offsets))
+    (directory / f"{name}.idx").write_bytes(b"".join(_OFFSET.pack(o) for o in offsets))
 
 
 def equity_csv(result: BacktestResult) -> str:

@@ -28,7 +28,7 @@ from backtest_sandbox.domain.code import (
     new_backtest_id,
     unsupported_language,
 )
-from backtest_sandbox.domain.config import parse_config
+from backtest_sandbox.domain.config import BacktestConfig, parse_config
 from backtest_sandbox.domain.errors import (
     BacktestSandboxError,
     ErrorType,
@@ -38,12 +38,14 @@ from backtest_sandbox.domain.errors import (
 )
 from backtest_sandbox.domain.models import BacktestResult, JobStatus, RunError
 from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.domain.sweep import parse_sweep
 
-from . import audit, views
+from . import audit, sweeps, views
 from .engine import RunRequest
 from .results import ResultFiles
 from .scheduler import EngineLike, Scheduler
 from .store import Job, JobStore, JobSummary, Limits, NewJob, Recovery, StoredResult
+from .sweeps import SweepStatus, SweepSubmitResponse
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class BacktestService:
         self._results = ResultFiles(settings.state_dir / "results")
         self._limits = Limits(
             max_queued=settings.tenant_max_queued,
+            max_queued_combinations=settings.tenant_max_queued_combinations,
             max_stored_jobs=settings.tenant_max_stored_jobs,
             max_stored_bytes=settings.tenant_max_stored_bytes,
         )
@@ -113,6 +116,13 @@ class BacktestService:
             on_change=self._changed,
         )
         self._maintenance = _Every(MAINTENANCE_SECONDS, self.maintain)
+        self._sweeps = sweeps.SweepCoordinator(
+            self._store,
+            self._results,
+            new_child=self._child_job,
+            wake=self._scheduler.wake,
+            changed=self._changed,
+        )
         self._catalog_known: dict[str, catalog.Dataset | None] = {}
         self._catalog_lock = threading.Lock()
 
@@ -148,6 +158,7 @@ class BacktestService:
             )
         self.maintain()
         self._scheduler.start()
+        self._sweeps.start()
         self._maintenance.start()
         return recovery
 
@@ -157,6 +168,7 @@ class BacktestService:
         self._listeners.append(listener)
 
     def _changed(self, backtest_id: str) -> None:
+        self._sweeps.job_changed(backtest_id)
         for listener in self._listeners:
             try:
                 listener(backtest_id)
@@ -184,6 +196,7 @@ class BacktestService:
     def close(self) -> None:
         """Stop the workers (their jobs go back to the queue), then the engine and the store."""
         self._maintenance.stop()
+        self._sweeps.stop()
         self._scheduler.stop()
         self._engine.close()
         self._store.close()
@@ -287,28 +300,188 @@ class BacktestService:
         Raises:
             QuotaExceeded: the tenant keeps as many jobs or bytes as it may.
         """
+        hit = self._cached(job)
+        if hit is None:
+            return None
+        self._store.insert(hit, self._limits)
+        error = None if hit.error_json is None else RunError.model_validate_json(hit.error_json)
+        return views.SubmitResponse(backtest_id=job.id, status=hit.status, cached=True, error=error)
+
+    def _cached(self, job: NewJob) -> NewJob | None:
+        """`job` as a terminal row referring to the cached outcome of an identical earlier run,
+        or None when there is none."""
         entry = None if job.cache_key is None else self._store.cache_get(job.cache_key)
         if entry is None:
             return None
         try:
-            error = (
-                None if entry.error_json is None else RunError.model_validate_json(entry.error_json)
-            )
+            if entry.error_json is not None:
+                RunError.model_validate_json(entry.error_json)
         except ValidationError:
             # Written by a server whose error schema differed: run it again instead.
             logger.warning("ignoring a cache entry that no longer validates")
             return None
-        hit = replace(
+        return replace(
             job,
             status=entry.status,
             cached=True,
             result_digest=entry.result_digest,
             error_json=entry.error_json,
         )
-        self._store.insert(hit, self._limits)
-        return views.SubmitResponse(
-            backtest_id=job.id, status=entry.status, cached=True, error=error
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def submit_sweep(
+        self,
+        tenant: str,
+        code_content: Any,
+        language: Any = "python",
+        config: Any = None,
+        *,
+        grid: Any = None,
+        target: Any = "sharpe_ratio",
+        direction: Any = "max",
+        constraints: Any = (),
+        oos_start: Any = None,
+    ) -> SweepSubmitResponse:
+        """Queue a sweep: one run per combination of `grid` over `config` (docs/interface.md
+        section 9); combinations already run are answered from the cache at once.
+
+        Raises:
+            InvalidRequest: an argument breaks a rule; nothing queued.
+            QuotaExceeded: the tenant's combination or storage quota is full; nothing queued.
+        """
+        code_hash = audit.code_sha256(code_content)
+        try:
+            response = self._submit_sweep(
+                tenant,
+                code_content,
+                language,
+                config,
+                grid,
+                target,
+                direction,
+                constraints,
+                oos_start,
+            )
+        except (InvalidRequest, QuotaExceeded) as e:
+            detail = {"field": e.field} if isinstance(e, InvalidRequest) else {"rule": e.rule}
+            audit.record("sweep", tenant, None, code_hash, status="rejected", **detail)
+            raise
+        audit.record(
+            "sweep",
+            tenant,
+            response.sweep_id,
+            code_hash,
+            status=response.status.value,
+            combinations=response.combinations,
+            cached=response.cached,
         )
+        return response
+
+    def _submit_sweep(
+        self,
+        tenant: str,
+        code_content: Any,
+        language: Any,
+        config: Any,
+        grid: Any,
+        target: Any,
+        direction: Any,
+        constraints: Any,
+        oos_start: Any,
+    ) -> SweepSubmitResponse:
+        code = check_code(code_content, self.settings.max_code_bytes)
+        lang = check_language(language)
+        base = parse_config(
+            config,
+            max_timeout_seconds=self.settings.max_timeout_seconds,
+            max_memory_mb=self.settings.max_memory_mb,
+        )
+        spec = parse_sweep(
+            base=base,
+            grid=grid,
+            target=target,
+            direction=direction,
+            constraints=constraints,
+            oos_start=oos_start,
+            max_combinations=self.settings.max_sweep_combinations,
+        )
+        combinations = spec.combinations()
+        sweep = NewJob(
+            id=new_backtest_id(),
+            tenant=tenant,
+            language=lang,
+            code=code,
+            config_json=base.canonical_json(),
+            symbol=base.symbol,
+            timeframe=base.timeframe.name,
+            kind="sweep",
+            status=JobStatus.RUNNING,
+            summary_json=sweeps.new_state(spec, len(combinations)),
+        )
+        error = unsupported_language(lang) or check_syntax(code)
+        if error is not None:  # every combination would fail alike: none is queued
+            failed = replace(sweep, status=JobStatus.FAILED, error_json=error.model_dump_json())
+            self._store.insert(failed, self._limits)
+            return SweepSubmitResponse(
+                sweep_id=sweep.id, status=JobStatus.FAILED, combinations=len(combinations), cached=0
+            )
+        children = [
+            self._child_job(tenant, sweep.id, spec.tuning_config(base, params), code, lang)
+            for params in combinations
+        ]
+        self._store.insert_sweep(sweep, children, self._limits)
+        self._scheduler.wake()
+        self._sweeps.job_changed(sweep.id)
+        return SweepSubmitResponse(
+            sweep_id=sweep.id,
+            status=JobStatus.RUNNING,
+            combinations=len(combinations),
+            cached=sum(child.cached for child in children),
+        )
+
+    def _child_job(
+        self, tenant: str, parent: str, config: BacktestConfig, code: str, language: str
+    ) -> NewJob:
+        """One run of a sweep as a store row: queued, or answered from the cache."""
+        job = NewJob(
+            id=new_backtest_id(),
+            tenant=tenant,
+            language=language,
+            code=code,
+            config_json=config.canonical_json(),
+            symbol=config.symbol,
+            timeframe=config.timeframe.name,
+            parent=parent,
+        )
+        request = RunRequest(
+            backtest_id=job.id,
+            code=code,
+            config=config,
+            language=check_language(language),
+            tenant=tenant,
+        )
+        job = replace(job, cache_key=self._cache_key(request))
+        return self._cached(job) or job
+
+    def sweep_status(
+        self, tenant: str, sweep_id: Any, *, top: Any = sweeps.DEFAULT_TOP
+    ) -> tuple[SweepStatus, sweeps.Heatmap | None]:
+        """A sweep's progress and ranking (the top `top`), with its heatmap when it has one.
+
+        Raises:
+            NotFound: no such sweep for this tenant (a backtest's id included).
+            InvalidRequest: `top` is not an integer from 1 to the sweep limit.
+        """
+        top = check_int(top, "top")
+        if not 1 <= top <= self.settings.max_sweep_combinations:
+            raise InvalidRequest("top", f"must be from 1 to {self.settings.max_sweep_combinations}")
+        job = self.summary(tenant, sweep_id)
+        if job.kind != "sweep":
+            raise InvalidRequest(
+                "sweep_id", "names a backtest, not a sweep: get_backtest_status reads it"
+            )
+        return self._sweeps.status(job.id, job, top)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -474,14 +647,22 @@ class BacktestService:
         return job
 
     def orders(
-        self, tenant: str, backtest_id: Any, *, start: Any = 0, end: Any = 100
+        self,
+        tenant: str,
+        backtest_id: Any,
+        *,
+        start: Any = 0,
+        end: Any = 100,
+        kind: Any = "trades",
     ) -> views.OrdersResponse:
-        """A page of the trade log: entries start <= i < end, read from the stored index.
+        """A page of the trade log (`kind` "trades") or of the order log ("orders"): entries
+        start <= i < end, read from the stored index; with the positions open at the end.
 
         Raises:
             NotFound: no such job for this tenant.
-            InvalidRequest: a bad range, or the job has no result.
+            InvalidRequest: a bad range or kind, or the job has no result.
         """
+        kind = _orders_kind(kind)
         start, end = check_int(start, "start"), check_int(end, "end")
         if start < 0:
             raise InvalidRequest("start", "must be >= 0")
@@ -491,15 +672,19 @@ class BacktestService:
             raise InvalidRequest("end", f"a page holds at most {views.ORDERS_PAGE_MAX} orders")
         job = self._completed(tenant, backtest_id)
         assert job.result_digest is not None
-        page, total = self._results.trades(job.result_digest, start, end)
+        read = self._results.trades if kind == "trades" else self._results.orders
+        page, total = read(job.result_digest, start, end)
         stop = start + len(page)
+        summary = self._results.summary(job.result_digest, job.id, job.cached)
         return views.OrdersResponse(
             backtest_id=job.id,
+            kind=kind,
             orders=page,
             total=total,
             start=start,
             end=stop,
             next_start=stop if stop < total else None,
+            open_positions=summary.open_positions,
         )
 
     def chart(
@@ -599,7 +784,7 @@ class BacktestService:
             raise
         before, now = change
         if before is JobStatus.RUNNING:
-            self._scheduler.cancel(job.id)
+            self._cancel_running(job)
         audit.record("cancel", tenant, job.id, code, before=before.value, status=now.value)
         if now is not before:
             self._changed(job.id)
@@ -615,6 +800,9 @@ class BacktestService:
         code = self._code_for_audit(tenant, backtest_id)
         try:
             job = self.summary(tenant, backtest_id)
+            if job.kind == "sweep":  # its running combinations are killed first
+                self._store.cancel(tenant, job.id)
+                self._cancel_running(job)
             deleted = self._store.delete(tenant, job.id)
             if deleted is None:
                 raise NotFound(job.id)
@@ -624,11 +812,19 @@ class BacktestService:
         before, unreferenced = deleted
         for digest in unreferenced:
             self._results.remove(digest)
-        if before is JobStatus.RUNNING:
+        if before is JobStatus.RUNNING and job.kind != "sweep":
             self._scheduler.cancel(job.id)
         audit.record("delete", tenant, job.id, code, before=before.value, status="deleted")
         self._changed(job.id)
         return views.DeleteResponse(backtest_id=job.id, deleted=True)
+
+    def _cancel_running(self, job: JobSummary) -> None:
+        """Kill a cancelled job's container; a sweep's, every running combination's."""
+        if job.kind != "sweep":
+            self._scheduler.cancel(job.id)
+            return
+        for child_id in self._store.cancel_children(job.id):
+            self._scheduler.cancel(child_id)
 
     def _code_for_audit(self, tenant: str, backtest_id: Any) -> str:
         """The SHA-256 of the tenant's job's code; `-` when there is no such job."""
@@ -636,6 +832,14 @@ class BacktestService:
             return "-"
         code = self._store.code(tenant, backtest_id)
         return "-" if code is None else audit.code_sha256(code)
+
+
+def _orders_kind(value: Any) -> views.OrdersKind:
+    if value == "trades":
+        return "trades"
+    if value == "orders":
+        return "orders"
+    raise InvalidRequest("kind", "must be 'trades' or 'orders'")
 
 
 def _chart_name(value: str, *, field: str = "chart") -> views.ChartName:

@@ -23,7 +23,7 @@ from typing import Any
 from backtest_sandbox.domain.errors import QuotaExceeded
 from backtest_sandbox.domain.models import JobStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000  # a writer holds the lock for milliseconds; waiting beats failing
 
 _SCHEMA = """
@@ -49,13 +49,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_json TEXT,  -- version 1 only: results now live in files (results.py)
     view_json TEXT,  -- version 1 only
     error_json TEXT,
-    result_digest TEXT  -- the result's directory under <state dir>/results
+    result_digest TEXT,  -- the result's directory under <state dir>/results
+    kind TEXT NOT NULL DEFAULT 'backtest',  -- 'backtest' (a worker runs it) or 'sweep'
+    parent TEXT,  -- the sweep a combination (or its out-of-sample run) belongs to
+    summary_json TEXT  -- a sweep's state, then its final answer (jobs/sweeps.py)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_tenant_status ON jobs (tenant, status);  -- quotas
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_cache_key ON jobs (cache_key);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);  -- retention
+CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent);
 CREATE TABLE IF NOT EXISTS results (
     digest TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,  -- whose storage it counts against
@@ -86,7 +90,7 @@ CREATE TABLE IF NOT EXISTS counters (
 
 _SUMMARY_COLUMNS = (
     "seq, id, tenant, status, language, symbol, timeframe, cached, created_at, started_at, "
-    "finished_at, progress_done, progress_total, progress_at, attempts, error_json"
+    "finished_at, progress_done, progress_total, progress_at, attempts, error_json, kind, parent"
 )
 _JOB_COLUMNS = f"{_SUMMARY_COLUMNS}, code, config_json, cache_key, result_digest"
 
@@ -111,6 +115,8 @@ class JobSummary:
     progress_at: float | None
     attempts: int
     error_json: str | None
+    kind: str  # "backtest" or "sweep"
+    parent: str | None  # the sweep a combination belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +145,21 @@ class NewJob:
     cached: bool = False
     result_digest: str | None = None  # a cache hit's stored result
     error_json: str | None = None
+    kind: str = "backtest"
+    parent: str | None = None
+    summary_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """A sweep's combination (or out-of-sample run) as the sweep reads it."""
+
+    id: str
+    status: JobStatus
+    config_json: str
+    result_digest: str | None
+    error_json: str | None
+    cached: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +184,7 @@ class Limits:
     """What one tenant may keep and the cache may hold (the settings' values)."""
 
     max_queued: int | None = None
+    max_queued_combinations: int | None = None  # a tenant's sweep combinations waiting
     max_stored_jobs: int | None = None
     max_stored_bytes: int | None = None
     cache_max_entries: int | None = None
@@ -203,6 +225,8 @@ def _summary_fields(row: sqlite3.Row) -> dict[str, Any]:
         "progress_at": row["progress_at"],
         "attempts": row["attempts"],
         "error_json": row["error_json"],
+        "kind": row["kind"],
+        "parent": row["parent"],
     }
 
 
@@ -249,6 +273,12 @@ class JobStore:
             if version == 1:  # results move to files; the cache starts empty (it is a cache)
                 conn.executescript(
                     "ALTER TABLE jobs ADD COLUMN result_digest TEXT; DROP TABLE IF EXISTS cache;"
+                )
+            if 1 <= version <= 2:  # sweeps
+                conn.executescript(
+                    "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backtest';"
+                    " ALTER TABLE jobs ADD COLUMN parent TEXT;"
+                    " ALTER TABLE jobs ADD COLUMN summary_json TEXT;"
                 )
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -334,45 +364,87 @@ class JobStore:
             sqlite3.IntegrityError: the id is already taken.
         """
         limits = limits or Limits()
-        now = self._clock()
-        finished = now if job.status.is_terminal else None
         with self._transaction() as conn:
             self._check_quotas(conn, job, limits)
+            return self._insert_row(conn, job)
+
+    def insert_sweep(self, sweep: NewJob, children: list[NewJob], limits: Limits) -> None:
+        """Insert a sweep and its combinations in one transaction: all of them or none.
+
+        The sweep counts as one job against the tenant's quotas; its queued combinations count
+        against `max_queued_combinations`, and every row against the stored-jobs quota.
+
+        Raises:
+            QuotaExceeded: a quota would be exceeded; nothing is inserted.
+        """
+        with self._transaction() as conn:
+            self._check_quotas(conn, sweep, limits, extra_jobs=len(children))
+            waiting = sum(child.status is JobStatus.QUEUED for child in children)
+            cap = limits.max_queued_combinations
+            if cap is not None and waiting:
+                (queued,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status = 'queued'"
+                    " AND parent IS NOT NULL",
+                    (sweep.tenant,),
+                ).fetchone()
+                if queued + waiting > cap:
+                    raise QuotaExceeded(
+                        "tenant_max_queued_combinations",
+                        f"{queued} of your sweep combinations are queued and this sweep adds "
+                        f"{waiting}; a tenant may have at most {cap} waiting: cancel a sweep, "
+                        "wait, or sweep a smaller grid",
+                        limit=cap,
+                        current=queued,
+                    )
+            self._insert_row(conn, sweep)
+            for child in children:
+                self._insert_row(conn, child)
+
+    def _insert_row(self, conn: sqlite3.Connection, job: NewJob) -> Job:
+        now = self._clock()
+        finished = now if job.status.is_terminal else None
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, status, language, code, config_json, cache_key,"
+            " cached, symbol, timeframe, created_at, finished_at, result_digest,"
+            " error_json, kind, parent, summary_json)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.id,
+                job.tenant,
+                job.status.value,
+                job.language,
+                job.code,
+                job.config_json,
+                job.cache_key,
+                int(job.cached),
+                job.symbol,
+                job.timeframe,
+                now,
+                finished,
+                job.result_digest,
+                job.error_json,
+                job.kind,
+                job.parent,
+                job.summary_json,
+            ),
+        )
+        if job.result_digest is not None:
             conn.execute(
-                "INSERT INTO jobs (id, tenant, status, language, code, config_json, cache_key,"
-                " cached, symbol, timeframe, created_at, finished_at, result_digest,"
-                " error_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.id,
-                    job.tenant,
-                    job.status.value,
-                    job.language,
-                    job.code,
-                    job.config_json,
-                    job.cache_key,
-                    int(job.cached),
-                    job.symbol,
-                    job.timeframe,
-                    now,
-                    finished,
-                    job.result_digest,
-                    job.error_json,
-                ),
+                "UPDATE results SET refs = refs + 1 WHERE digest = ?", (job.result_digest,)
             )
-            if job.result_digest is not None:
-                conn.execute(
-                    "UPDATE results SET refs = refs + 1 WHERE digest = ?", (job.result_digest,)
-                )
-            if job.cached:
-                self._bump(conn, job.tenant, "cache_hits")
-            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job.id,))
-            return _job(row.fetchone())
+        if job.cached:
+            self._bump(conn, job.tenant, "cache_hits")
+        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job.id,))
+        return _job(row.fetchone())
 
     @staticmethod
-    def _check_quotas(conn: sqlite3.Connection, job: NewJob, limits: Limits) -> None:
+    def _check_quotas(
+        conn: sqlite3.Connection, job: NewJob, limits: Limits, extra_jobs: int = 0
+    ) -> None:
         if limits.max_queued is not None and job.status is JobStatus.QUEUED:
-            (queued,) = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status = 'queued'",
+            (queued,) = conn.execute(  # a sweep's combinations have their own quota
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status = 'queued'"
+                " AND parent IS NULL",
                 (job.tenant,),
             ).fetchone()
             if queued >= limits.max_queued:
@@ -387,7 +459,7 @@ class JobStore:
             (stored,) = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE tenant = ?", (job.tenant,)
             ).fetchone()
-            if stored >= limits.max_stored_jobs:
+            if stored + extra_jobs >= limits.max_stored_jobs:
                 raise QuotaExceeded(
                     "tenant_max_stored_jobs",
                     f"you keep {stored} backtests, the most a tenant may keep; delete some"
@@ -437,7 +509,8 @@ class JobStore:
         self, tenant: str, *, status: JobStatus | None, limit: int, before_seq: int | None
     ) -> tuple[list[JobSummary], bool]:
         """The tenant's jobs, newest first, older than `before_seq`; and whether more remain."""
-        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE tenant = ?"
+        # A sweep's combinations are listed by the sweep (get_sweep_status), not here.
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE tenant = ? AND parent IS NULL"
         args: list[object] = [tenant]
         if status is not None:
             sql += " AND status = ?"
@@ -463,10 +536,12 @@ class JobStore:
         with self._transaction() as conn:
             row = conn.execute(
                 "SELECT j.id, j.tenant FROM jobs AS j"
-                " LEFT JOIN (SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'running'"
+                " LEFT JOIN (SELECT tenant, COUNT(*) AS n FROM jobs"
+                "  WHERE status = 'running' AND kind = 'backtest'"
                 "  GROUP BY tenant) AS r ON r.tenant = j.tenant"
                 " LEFT JOIN tenants AS t ON t.tenant = j.tenant"
-                " WHERE j.status = 'queued' AND (:cap IS NULL OR COALESCE(r.n, 0) < :cap)"
+                " WHERE j.status = 'queued' AND j.kind = 'backtest'"
+                " AND (:cap IS NULL OR COALESCE(r.n, 0) < :cap)"
                 " ORDER BY COALESCE(r.n, 0), COALESCE(t.last_claim, 0), j.created_at, j.seq"
                 " LIMIT 1",
                 {"cap": max_running_per_tenant},
@@ -515,8 +590,9 @@ class JobStore:
         """
         now = self._clock()
         with self._transaction() as conn:
-            row = conn.execute("SELECT tenant FROM jobs WHERE id = ? AND status = 'running'",
-                               (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT tenant FROM jobs WHERE id = ? AND status = 'running'", (job_id,)
+            ).fetchone()
             if row is None:
                 orphans = [] if result is None else self._unreferenced(conn, [result.digest])
                 return False, orphans
@@ -629,25 +705,32 @@ class JobStore:
         """Delete the tenant's job; its status before and the result digests nothing refers
         to any more (the caller removes their files), or None when not found.
 
-        Its cached outcome goes too: deleting a backtest forgets its result.
+        Its cached outcome goes too: deleting a backtest forgets its result. A sweep's runs go
+        with it.
         """
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT status, cache_key, result_digest FROM jobs WHERE id = ? AND tenant = ?",
-                (job_id, tenant),
+                "SELECT status FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
             ).fetchone()
             if row is None:
                 return None
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            released = [] if row["result_digest"] is None else [row["result_digest"]]
-            self._ref(conn, row["result_digest"], -1)
-            key = row["cache_key"]
-            if key is not None:
-                released += self._cache_drop(
-                    conn,
-                    "key = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE cache_key = ?)",
-                    (key, key),
-                )
+            rows = conn.execute(
+                "SELECT id, cache_key, result_digest FROM jobs WHERE id = ? OR parent = ?",
+                (job_id, job_id),
+            ).fetchall()
+            released: list[str] = []
+            for each in rows:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (each["id"],))
+                if each["result_digest"] is not None:
+                    released.append(each["result_digest"])
+                    self._ref(conn, each["result_digest"], -1)
+                key = each["cache_key"]
+                if key is not None:
+                    released += self._cache_drop(
+                        conn,
+                        "key = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE cache_key = ?)",
+                        (key, key),
+                    )
             return JobStatus(row["status"]), self._unreferenced(conn, released)
 
     def purge(self, finished_before: float, batch: int = 500) -> tuple[int, list[str]]:
@@ -708,15 +791,124 @@ class JobStore:
         with self._transaction() as conn:
             failed = conn.execute(
                 "UPDATE jobs SET status = 'failed', finished_at = ?, error_json = ?"
-                " WHERE status = 'running' AND attempts >= ?",
+                " WHERE status = 'running' AND kind = 'backtest' AND attempts >= ?",
                 (now, give_up_error_json, max_attempts),
             ).rowcount
             requeued = conn.execute(
                 "UPDATE jobs SET status = 'queued', started_at = NULL, progress_done = NULL,"
-                " progress_total = NULL, progress_at = NULL WHERE status = 'running'"
+                " progress_total = NULL, progress_at = NULL"
+                " WHERE status = 'running' AND kind = 'backtest'"
             ).rowcount
             queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
         return Recovery(requeued=requeued, failed=failed, queued=queued[0])
+
+    # -- sweeps ----------------------------------------------------------------------------
+
+    def children(self, parent: str) -> list[Child]:
+        """A sweep's combinations and out-of-sample run, in insertion (grid) order."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, status, config_json, result_digest, error_json, cached FROM jobs"
+                " WHERE parent = ? ORDER BY seq",
+                (parent,),
+            ).fetchall()
+        return [
+            Child(
+                id=row["id"],
+                status=JobStatus(row["status"]),
+                config_json=row["config_json"],
+                result_digest=row["result_digest"],
+                error_json=row["error_json"],
+                cached=bool(row["cached"]),
+            )
+            for row in rows
+        ]
+
+    def job(self, job_id: str) -> Job | None:
+        """Any tenant's job: for the server's own bookkeeping, never for a caller."""
+        with self._connection() as conn:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            found = row.fetchone()
+        return None if found is None else _job(found)
+
+    def parent_of(self, job_id: str) -> str | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT parent FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row["parent"]
+
+    def running_sweeps(self) -> list[str]:
+        """Every sweep not yet terminal (to finish after a restart)."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE kind = 'sweep' AND status = 'running'"
+            ).fetchall()
+        return [row["id"] for row in rows]
+
+    def sweep_summary(self, job_id: str) -> str | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT summary_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row["summary_json"]
+
+    def update_sweep(
+        self,
+        job_id: str,
+        summary_json: str,
+        *,
+        status: JobStatus = JobStatus.RUNNING,
+        error_json: str | None = None,
+        progress: tuple[int, int] | None = None,
+    ) -> bool:
+        """Record a running sweep's state, or finish it; False when it is no longer running
+        (cancelled or deleted meanwhile)."""
+        now = self._clock()
+        done, total = progress or (None, None)
+        with self._transaction() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET summary_json = ?, status = ?, error_json = ?,"
+                " finished_at = CASE WHEN ? THEN ? ELSE NULL END,"
+                " progress_done = COALESCE(?, progress_done),"
+                " progress_total = COALESCE(?, progress_total), progress_at = ?"
+                " WHERE id = ? AND kind = 'sweep' AND status = 'running'",
+                (
+                    summary_json,
+                    status.value,
+                    error_json,
+                    status.is_terminal,
+                    now,
+                    done,
+                    total,
+                    now,
+                    job_id,
+                ),
+            ).rowcount
+        return bool(changed)
+
+    def add_child(self, child: NewJob) -> bool:
+        """Insert one more run of a sweep (its out-of-sample run) if the sweep still runs."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND status = 'running'", (child.parent,)
+            ).fetchone()
+            if row is None:
+                return False
+            self._insert_row(conn, child)
+            return True
+
+    def cancel_children(self, parent: str) -> list[str]:
+        """Cancel a sweep's unfinished runs; the ids of those that were running."""
+        with self._transaction() as conn:
+            running = [
+                row["id"]
+                for row in conn.execute(
+                    "SELECT id FROM jobs WHERE parent = ? AND status = 'running'", (parent,)
+                ).fetchall()
+            ]
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?"
+                " WHERE parent = ? AND status IN ('queued', 'running')",
+                (self._clock(), parent),
+            )
+        return running
 
     # -- cache and counters ------------------------------------------------------------------
 

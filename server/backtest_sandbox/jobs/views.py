@@ -68,6 +68,19 @@ class ResultView(BaseModel):
     trade_log: list[dict[str, Any]]
     trade_log_total: int
     trade_log_truncated: bool = Field(description="true: page with read_backtest_orders")
+    # Stored summaries from before the order log existed read as no orders.
+    order_log: list[dict[str, Any]] = Field(
+        default_factory=list, description="every order's life; only with full=true"
+    )
+    order_log_total: int = 0
+    order_log_truncated: bool = Field(
+        False, description="true: page with read_backtest_orders(kind='orders')"
+    )
+    open_positions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="positions still open after the last bar: symbol, size, price (average "
+        "entry), close (the last), pnl (unrealised at that close)",
+    )
     logs: str
     logs_truncated: bool
     execution_time_seconds: float
@@ -97,6 +110,9 @@ class StatusResponse(BaseModel):
 
 class BacktestSummary(BaseModel):
     backtest_id: str
+    kind: Literal["backtest", "sweep"] = Field(
+        "backtest", description="a sweep's id works with get_sweep_status, cancel and delete"
+    )
     status: JobStatus
     symbol: str
     timeframe: str
@@ -114,13 +130,27 @@ class ListResponse(BaseModel):
     next_cursor: str | None = Field(description="pass as cursor for the next page; null at end")
 
 
+OrdersKind = Literal["trades", "orders"]
+
+
 class OrdersResponse(BaseModel):
     backtest_id: str
+    kind: OrdersKind = Field(
+        "trades",
+        description="trades: closed trades, in closing order; orders: every order's life "
+        "(status events from Submitted to Completed, Canceled, Expired or Margin), in "
+        "creation order",
+    )
     orders: list[dict[str, Any]]
     total: int
     start: int
-    end: int = Field(description="index after the last order returned")
+    end: int = Field(description="index after the last entry returned")
     next_start: int | None = Field(description="start of the next page; null at the end")
+    open_positions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="positions still open after the last bar (not closed trades): symbol, "
+        "size, price (average entry), close (the last), pnl (unrealised at that close)",
+    )
 
 
 class CancelResponse(BaseModel):
@@ -259,6 +289,7 @@ def result_view(
     """A result as tools return it: cut to `INLINE_*` sizes unless `full`."""
     curve = result.equity_curve if full else downsample(result.equity_curve, INLINE_EQUITY_POINTS)
     trades = result.trade_log if full else result.trade_log[-INLINE_TRADES:]
+    orders = result.order_log if full else []  # paged with read_backtest_orders
     logs = (
         result.logs
         if full or len(result.logs) <= INLINE_LOG_CHARS
@@ -274,6 +305,10 @@ def result_view(
         trade_log=trades,
         trade_log_total=len(result.trade_log),
         trade_log_truncated=len(trades) < len(result.trade_log),
+        order_log=orders,
+        order_log_total=len(result.order_log),
+        order_log_truncated=len(orders) < len(result.order_log),
+        open_positions=result.open_positions,
         logs=logs,
         logs_truncated=len(logs) < len(result.logs),
         execution_time_seconds=result.execution_time_seconds,
@@ -314,6 +349,7 @@ def summary_view(job: JobSummary) -> BacktestSummary:
     error = load_error(job)
     return BacktestSummary(
         backtest_id=job.id,
+        kind="sweep" if job.kind == "sweep" else "backtest",
         status=job.status,
         symbol=job.symbol,
         timeframe=job.timeframe,

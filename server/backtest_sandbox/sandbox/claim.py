@@ -11,7 +11,7 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 # Strict scalars (no "1.5" -> 1.5 coercion), inside lax containers so JSON lists fit tuples.
 MAX_TEXT = 16 * 1024
@@ -20,6 +20,20 @@ ShortText = Annotated[str, Strict(), Field(max_length=256)]
 Timestamp = Annotated[str, Strict(), Field(min_length=10, max_length=32)]
 Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Count = Annotated[int, Strict(), Field(ge=0)]
+
+# The order log's bounds, as runner_image/recorder.py keeps them (PROTOCOL.md "orders").
+MAX_ORDERS = 20_000
+MAX_ORDER_EVENTS = 16
+MAX_OPEN_POSITIONS = 64  # one per feed holding a position; a run has at most 21 feeds
+OrderStatus = Literal[
+    "Created", "Submitted", "Accepted", "Partial", "Completed",
+    "Canceled", "Expired", "Margin", "Rejected",
+]  # fmt: skip
+ExecType = Literal[
+    "Market", "Close", "Limit", "Stop", "StopLimit", "StopTrail", "StopTrailLimit", "Historical"
+]
+# [status, bar stamp], or with what has executed so far: [..., filled, average price, commission]
+OrderEvent = tuple[OrderStatus, Timestamp] | tuple[OrderStatus, Timestamp, Finite, Finite, Finite]
 
 
 class InvalidClaim(ValueError):
@@ -43,6 +57,42 @@ class TradeRecord(_Strict):
     bars_held: Count
 
 
+class _Compact(_Strict):
+    """A record whose optional fields are left out when unset, never null (PROTOCOL.md)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_not_null(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if value is None:
+                    raise ValueError(f"{key} is null: a value that is not set is left out")
+        return data
+
+
+class OrderRecord(_Compact):
+    ref: Annotated[int, Strict(), Field(ge=1, le=MAX_ORDERS)]
+    symbol: ShortText
+    side: Literal["buy", "sell"]
+    type: ExecType
+    size: Finite | None = None
+    price: Finite | None = None
+    limit: Finite | None = None
+    trail_amount: Finite | None = None
+    trail_percent: Finite | None = None
+    valid: Timestamp | None = None
+    created: Timestamp | None = None
+    events: Annotated[list[OrderEvent], Field(min_length=1, max_length=MAX_ORDER_EVENTS)]
+
+
+class OpenPosition(_Compact):
+    symbol: ShortText
+    size: Finite | None = None
+    price: Finite | None = None
+    close: Finite | None = None
+    pnl: Finite | None = None
+
+
 class StrategyFailure(_Strict):
     exc_type: ShortText
     message: Text
@@ -60,6 +110,9 @@ class CompletedClaim(_Strict):
     equity_curve: list[tuple[Timestamp, Finite]]
     trades: list[TradeRecord]
     open_trades: Count
+    orders: Annotated[list[OrderRecord], Field(max_length=MAX_ORDERS)]
+    orders_total: Count
+    open_positions: Annotated[list[OpenPosition], Field(max_length=MAX_OPEN_POSITIONS)]
 
 
 class FailedClaim(_Strict):
@@ -131,4 +184,18 @@ def parse_claim(raw: bytes, *, expected_bars: int) -> Claim:
             )
         if report.bars_in_market > report.bars:
             raise InvalidClaim("bars_in_market exceeds bars")
+        _check_orders(report)
     return report
+
+
+def _check_orders(report: CompletedClaim) -> None:
+    """The order log's numbering: refs 1, 2, ... in order, and a total that counts them all."""
+    for index, order in enumerate(report.orders):
+        if order.ref != index + 1:
+            raise InvalidClaim(
+                f"orders.{index}.ref: must be {index + 1} (orders are numbered 1, 2, ...)"
+            )
+    if report.orders_total < len(report.orders):
+        raise InvalidClaim(
+            f"orders_total: must be at least the {len(report.orders)} orders recorded"
+        )

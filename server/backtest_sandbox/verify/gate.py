@@ -1,7 +1,8 @@
 """The bar gate: the trusted side of a verified run's pipe (docs/interface.md section 7).
 
-It releases the bars one at a time and releases bar t+1 only once the strategy side has
-committed what it did up to bar t. Each commit is stamped with the newest bar the gate had
+It releases the bars one step at a time (a step is one bar of every feed of the run, all with
+the same timestamp) and releases step t+1 only once the strategy side has committed what it
+did up to step t. Each commit is stamped with the newest step (bar index) the gate had
 released, whatever the strategy says of itself: a strategy that pulls bars early only gets its
 orders stamped late. What it accepts goes on to the referee as it comes, so the replay runs
 alongside the strategy, one bar behind.
@@ -21,6 +22,31 @@ from .referee import RefereeRun
 
 END = b"E\n"  # no more bars
 EMPTY_COMMIT = b"[]"
+
+
+def step_rows(feeds: Sequence[bytes]) -> list[bytes]:
+    """What the gate releases, one line per step: from each feed's data.csv (header first,
+    the feeds aligned: the same timestamps in the same order), the row of feed 0, then each
+    other feed's open,high,low,close,volume of the same timestamp, newline included
+    (PROTOCOL.md "The pipe"). With one feed, the rows of its data.csv as they are.
+
+    Raises:
+        ValueError: the feeds are not aligned (a fault of the host's own data preparation).
+    """
+    tables = [csv.splitlines(keepends=True)[1:] for csv in feeds]
+    if len(tables) == 1:
+        return tables[0]
+    steps = []
+    for rows in zip(*tables, strict=True):
+        stamp, _, first = rows[0].partition(b",")
+        parts = [stamp, first.rstrip(b"\n")]
+        for row in rows[1:]:
+            other, _, values = row.partition(b",")
+            if other != stamp:
+                raise ValueError(f"feeds not aligned: {stamp!r} against {other!r}")
+            parts.append(values.rstrip(b"\n"))
+        steps.append(b",".join(parts) + b"\n")
+    return steps
 
 
 class LineChannel(Protocol):
@@ -44,11 +70,11 @@ class BarGate:
     def __init__(
         self, bars: Sequence[bytes], referee: RefereeRun, limits: GateLimits, feeds: int = 1
     ) -> None:
-        self._bars = bars  # one data.csv row each, newline included
+        self._bars = bars  # one step each (`step_rows`), newline included
         self.referee = referee  # gets what is accepted as it comes; the caller finishes it
         self._limits = limits
-        self._check = EventCheck(feeds)
-        self.released = 0  # bars handed to the strategy side so far
+        self._check = EventCheck(feeds)  # an order must name one of the run's feeds
+        self.released = 0  # steps (bars of every feed) handed to the strategy side so far
         self.events = 0  # events committed
         self.rejected_events = 0  # of those, refused here
 
