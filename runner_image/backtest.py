@@ -22,7 +22,8 @@ RECORDER_NAME = "_sandbox_recorder"
 def build_cerebro(
     broker: dict[str, Any], feeds: Sequence[tuple[str | None, Any]], **options: Any
 ) -> Any:
-    """Cerebro with the feeds, the broker and the default sizer set as PROTOCOL.md says.
+    """Cerebro with the feeds and the broker set as PROTOCOL.md says, each with Backtrader's
+    own call. The sizer comes later (`add_sizer`): it may be a class of the strategy file.
 
     `feeds` are (name, feed) in the run's order: feed 0 is the run's symbol, and each feed's
     `_name` is its name (None: Backtrader's own), for `getdatabyname`. `options` go to
@@ -30,14 +31,68 @@ def build_cerebro(
     """
     # stdstats=False: the default observers cost time and feed nothing we report.
     # tradehistory=True: a closed trade's size and exit price come from its fills.
+    options.setdefault("cheat_on_open", bool(broker.get("cheat_on_open", False)))
     cerebro = bt.Cerebro(stdstats=False, tradehistory=True, **options)
     for name, feed in feeds:
         cerebro.adddata(feed, name=name)
     cerebro.broker.setcash(float(broker["initial_capital"]))
-    cerebro.broker.setcommission(commission=float(broker["commission"]))
+    cerebro.broker.setcommission(**_commission(broker))
     cerebro.broker.set_slippage_perc(float(broker["slippage"]))
-    cerebro.addsizer(bt.sizers.FixedSize, stake=float(broker["stake"]))
+    if broker.get("coc"):
+        cerebro.broker.set_coc(True)
     return cerebro
+
+
+def _commission(broker: dict[str, Any]) -> dict[str, Any]:
+    """setcommission's arguments for the spec's commission scheme (a spec without one is a
+    percentage of traded value, as before)."""
+    scheme = broker.get("commission_type", "percentage")
+    arguments: dict[str, Any] = {
+        "commission": float(broker["commission"]),
+        "leverage": float(broker.get("leverage", 1.0)),
+    }
+    if scheme == "per_contract":  # an amount per unit, on a stock-like asset
+        arguments.update(commtype=bt.CommInfoBase.COMM_FIXED, stocklike=True)
+    elif scheme == "futures":  # an amount per contract; margin and multiplier, not cash
+        arguments.update(
+            commtype=bt.CommInfoBase.COMM_FIXED,
+            margin=float(broker["margin"]),
+            mult=float(broker["mult"]),
+        )
+    elif scheme != "percentage":
+        raise ValueError(f"unknown commission_type {scheme!r}")
+    return arguments
+
+
+BUILTIN_SIZERS = {"fixed": None, "percent": "PercentSizer", "all_in": "AllInSizer"}
+
+
+class SizerError(Exception):
+    """The config names a sizer the strategy file does not define (a runtime_error)."""
+
+
+def add_sizer(cerebro: Any, broker: dict[str, Any], module: Any = None) -> None:
+    """The config's sizer: FixedSize of `stake` units, a built-in by name, or a Sizer class of
+    the strategy's `module` (resolved in the strategy process, after its code loaded).
+
+    Raises:
+        SizerError: the named class is not a backtrader.Sizer subclass of the strategy file.
+    """
+    name = broker.get("sizer", "fixed")
+    params = dict(broker.get("sizer_params") or {})
+    if name == "fixed":
+        cerebro.addsizer(bt.sizers.FixedSize, stake=float(broker["stake"]))
+        return
+    if name in BUILTIN_SIZERS:
+        cerebro.addsizer(getattr(bt.sizers, BUILTIN_SIZERS[name]), **params)
+        return
+    found = getattr(module, name, None) if module is not None else None
+    if not (isinstance(found, type) and issubclass(found, bt.Sizer)):
+        raise SizerError(
+            f"config.sizer names {name!r}, which the strategy file does not define as a "
+            "backtrader.Sizer subclass; define it there, or use fixed, percent or all_in"
+        )
+    cerebro.addsizer(found, **params)
 
 
 def add_recorder(cerebro: Any, progress: Any) -> None:

@@ -122,8 +122,10 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
     filename = spec.get("filename") or DEFAULT_FILENAME
     load = friendly.CerebroWatch()
     try:
-        strategy = run_strategy(cerebro, spec["code"], filename, spec["params"], progress, load)
-    except discovery.StrategyDiscoveryError as exc:
+        strategy = run_strategy(
+            cerebro, spec["code"], filename, spec["params"], spec["broker"], progress, load
+        )
+    except (discovery.StrategyDiscoveryError, backtest.SizerError) as exc:
         result = failure.error_result(
             bt.__version__, failure.plain_error(type(exc).__name__, str(exc))
         )
@@ -156,6 +158,7 @@ def run_strategy(
     code: str,
     filename: str,
     params: dict[str, Any],
+    broker: dict[str, Any],
     progress: recorder.Progress,
     load: friendly.CerebroWatch,
 ) -> Any:
@@ -170,6 +173,7 @@ def run_strategy(
     with load:
         module = discovery.load_module(code, filename)
     strategy_class = discovery.find_strategy(module)
+    backtest.add_sizer(cerebro, broker, module)
     if isinstance(cerebro.datas[0], pipefeed.PipeFeed):
         verified.check_strategy(strategy_class, cerebro)
     cerebro.addstrategy(strategy_class, **params)

@@ -31,6 +31,9 @@ MAX_ORDER_UNITS = 1e12
 MAX_PARAMS_DEPTH = 16  # nesting of the params object
 MAX_PARAMS_BYTES = 64 * 1024  # its JSON
 MAX_EXTRA_SYMBOLS = 20  # more feeds per run (interface section 8)
+MAX_LEVERAGE = 100.0
+BUILTIN_SIZERS = ("fixed", "percent", "all_in")
+_CLASS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 class BacktestConfig(BaseModel):
@@ -92,6 +95,50 @@ class BacktestConfig(BaseModel):
         "auto",
         description="auto (the catalog's file if there is one, else synthetic), file, synthetic",
     )
+    # What people set in a script's main(), each mapped to Backtrader's own call (README
+    # "Broker and sizer"); the verified referee is built with the same calls.
+    sizer: str = Field(
+        "fixed",
+        description="fixed (position_size x contract_size units, FixedSize), percent "
+        "(PercentSizer: sizer_params.percents of the cash), all_in (AllInSizer), or the name of "
+        "a backtrader.Sizer subclass defined in the strategy file",
+    )
+    sizer_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the sizer's params: percent needs {percents: 0 < p <= 100}; a sizer class of "
+        "the strategy file gets them as its params (JSON values); fixed and all_in take none",
+    )
+    commission_type: Literal["percentage", "per_contract", "futures"] = Field(
+        "percentage",
+        description="percentage (commission is a fraction of traded value), per_contract "
+        "(commission is an amount per unit traded), futures (an amount per contract, with "
+        "margin and mult)",
+    )
+    margin: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="futures only, required there: the cash one contract ties up",
+    )
+    mult: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="> 0; futures only: the contract multiplier"
+    )
+    leverage: float = Field(
+        1.0,
+        ge=1.0,
+        le=MAX_LEVERAGE,
+        allow_inf_nan=False,
+        description=f"1 to {MAX_LEVERAGE:g}: the broker's leverage (setcommission(leverage=...))",
+    )
+    coc: bool = Field(
+        False,
+        description="cheat-on-close: market orders fill at the close of the bar they are made on",
+    )
+    cheat_on_open: bool = Field(
+        False,
+        description="fast mode only (a verified run fails with unsupported_feature): next_open "
+        "runs before the bar's orders fill, at its open",
+    )
     mode: Literal["verified", "fast"] = Field(
         "verified",
         description="verified (the strategy sees bars up to the current one; a referee that "
@@ -118,6 +165,21 @@ class BacktestConfig(BaseModel):
         if value is not None and not SYMBOL_PATTERN.fullmatch(value):
             raise ValueError("must be 1 to 32 letters, digits and _")
         return value
+
+    @field_validator("sizer")
+    @classmethod
+    def _sizer_name(cls, value: str) -> str:
+        if value not in BUILTIN_SIZERS and not _CLASS_NAME.fullmatch(value):
+            raise ValueError(
+                f"must be one of {', '.join(BUILTIN_SIZERS)} or the name of a Sizer class of the "
+                "strategy file"
+            )
+        return value
+
+    @field_validator("sizer_params")
+    @classmethod
+    def _sizer_params_are_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return cls._params_are_json(value)
 
     @field_validator("extra_symbols")
     @classmethod
@@ -155,6 +217,21 @@ class BacktestConfig(BaseModel):
             raise ValueError("end_date must be after start_date")
         if self.symbol in self.extra_symbols:
             raise ValueError(f"extra_symbols must not repeat symbol {self.symbol!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _broker_fields_agree(self) -> BacktestConfig:
+        futures = self.commission_type == "futures"
+        if futures and self.margin is None:
+            raise ValueError("margin is required with commission_type futures")
+        if not futures and (self.margin is not None or self.mult != 1.0):
+            raise ValueError("margin and mult apply to commission_type futures only")
+        if self.sizer == "percent":
+            percents = self.sizer_params.get("percents")
+            if set(self.sizer_params) != {"percents"} or not _is_percent(percents):
+                raise ValueError("sizer percent needs sizer_params {percents: 0 < p <= 100}")
+        elif self.sizer in BUILTIN_SIZERS and self.sizer_params:
+            raise ValueError(f"sizer {self.sizer} takes no sizer_params")
         return self
 
     @field_validator("contract_size")
@@ -225,6 +302,12 @@ def config_rules() -> dict[str, str]:
     """Field name -> its rule, from the model itself; `*` for the unknown-field rule."""
     rules = {name: f.description or "" for name, f in BacktestConfig.model_fields.items()}
     return {**rules, "*": "unknown fields are rejected"}
+
+
+def _is_percent(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 100
+    )
 
 
 def _depth(value: Any, level: int = 1) -> int:

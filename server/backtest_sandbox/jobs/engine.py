@@ -360,13 +360,21 @@ def _result(
     )
 
 
-def _broker(config: BacktestConfig) -> dict[str, float]:
+def _broker(config: BacktestConfig) -> dict[str, Any]:
     """The broker of the job spec (runner_image/PROTOCOL.md), the referee's the same."""
     return {
         "initial_capital": config.initial_capital,
         "commission": config.commission,
         "slippage": config.slippage,
         "stake": config.stake,
+        "commission_type": config.commission_type,
+        "margin": config.margin,
+        "mult": config.mult,
+        "leverage": config.leverage,
+        "coc": config.coc,
+        "cheat_on_open": config.cheat_on_open,
+        "sizer": config.sizer,
+        "sizer_params": config.sizer_params,
     }
 
 
