@@ -172,3 +172,20 @@ def browse(page: Path, screenshot: Path) -> None:
     assert high - low > 100  # text and charts, not a blank page
     histogram = image.histogram()
     assert max(histogram) < 0.97 * sum(histogram)  # not one colour all over
+
+
+def test_a_benchmark_from_flags_reaches_the_result_and_the_report(
+    cli: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = cli("run", str(SMA), "--config", str(CONFIG), "--benchmark", "NVDA",
+                 "--mode", "fast", "--output-dir", str(out), "--json")
+    assert result.code == 0, result.stderr
+    status = json.loads(result.stdout)
+    metrics = status["result"]["metrics"]
+    assert status["result"]["data"]["benchmark"]["symbol"] == "NVDA"
+    assert all(metrics[name] is not None for name in ("alpha", "beta", "correlation"))
+    page = (out / "report.html").read_text()
+    line = f"against NVDA: alpha {metrics['alpha']:,.4f}, beta {metrics['beta']:,.4f}"
+    assert line in page
+    assert f"buy and hold: {metrics['buy_and_hold_return_pct']:,.4f} %" in page

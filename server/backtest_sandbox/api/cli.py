@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -57,8 +57,13 @@ EXIT_GATES_FAILED = 5  # completed, but a --fail-if gate was met (or unknown, wi
 # A run cancelled by one of these exits 128 + its number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP).
 CANCELLING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
+def _symbols(text: str) -> list[str]:
+    """`NVDA,YHOO` as a list (the config checks each symbol)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 # Config fields settable by flag: flag name -> (config field, type for argparse).
-CONFIG_FLAGS: dict[str, tuple[str, type]] = {
+CONFIG_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--symbol": ("symbol", str),
     "--timeframe": ("timeframe", str),
     "--start": ("start_date", str),
@@ -72,6 +77,8 @@ CONFIG_FLAGS: dict[str, tuple[str, type]] = {
     "--memory-mb": ("memory_mb", int),
     "--data-source": ("data_source", str),
     "--mode": ("mode", str),
+    "--extra-symbols": ("extra_symbols", _symbols),
+    "--benchmark": ("benchmark", str),
 }
 
 # Settings that docs/interface.md section 6 names, and the tenancy ones, each also a flag (the flag
@@ -105,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("strategy", type=Path, help="the strategy's Python source file")
     run.add_argument("--config", type=Path, help="a JSON file with the config (section 3)")
     rules = config_rules()
-    for flag, (name, kind) in CONFIG_FLAGS.items():
-        run.add_argument(flag, dest=f"config_{name}", type=kind, default=None,
+    for flag, (name, convert) in CONFIG_FLAGS.items():
+        run.add_argument(flag, dest=f"config_{name}", type=convert, default=None,
                          help=f"config.{name}: {rules[name]}".replace("%", "%%"))
     run.add_argument("--params", help="the strategy's params, as a JSON object")
     run.add_argument("--json", action="store_true",
@@ -125,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("strategy", type=Path, help="the strategy's Python source file")
     sweep.add_argument("--config", type=Path, help="a JSON file with the base config")
-    for flag, (name, kind) in CONFIG_FLAGS.items():
-        sweep.add_argument(flag, dest=f"config_{name}", type=kind, default=None,
+    for flag, (name, convert) in CONFIG_FLAGS.items():
+        sweep.add_argument(flag, dest=f"config_{name}", type=convert, default=None,
                            help=f"config.{name}")
     sweep.add_argument("--params", help="the strategy's base params, as a JSON object")
     sweep.add_argument("--grid", required=True, metavar="JSON",

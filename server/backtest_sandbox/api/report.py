@@ -200,7 +200,7 @@ def _page(
     if prices is not None and len(prices):
         parts += ["<h2>Price</h2>", _img(_price_png(prices, result.trade_log), "price chart")]
     parts += ["<h2>Equity</h2>", _img(equity_png, "equity"),
-              "<p class=meaning>Benchmark: none (a benchmark is planned, interface section 8).</p>",
+              _benchmark_html(result),
               "<h2>Drawdown</h2>", _img(drawdown_png, "drawdown")]
     stamps = [p.timestamp for p in result.equity_curve]
     if stamps:
@@ -260,3 +260,16 @@ def _trades_html(trades: list[dict[str, Any]]) -> str:
         rows.append(f"<tr>{cells}</tr>")
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _benchmark_html(result: BacktestResult) -> str:
+    """The strategy against holding its symbol, and against the benchmark when it has one."""
+    metrics, benchmark = result.metrics, result.data.benchmark
+    hold = f"buy and hold: {_number(metrics.get('buy_and_hold_return_pct'))} %"
+    if benchmark is None:
+        return f"<p class=meaning>{hold}; benchmark: none (config.benchmark compares one).</p>"
+    figures = ", ".join(
+        f"{name} {_number(metrics.get(name))}"
+        for name in ("alpha", "beta", "correlation", "information_ratio", "tracking_error_pct")
+    )
+    return f"<p class=meaning>{hold}; against {html.escape(benchmark.symbol)}: {figures}.</p>"
