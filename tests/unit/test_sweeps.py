@@ -263,3 +263,17 @@ def test_a_sweep_whose_every_combination_fails_fails(
     assert answer.status is JobStatus.FAILED
     assert answer.error is not None and answer.error.type.value == "runtime_error"
     assert answer.failed == 6 and answer.ranked == []
+
+
+def test_a_combination_deleted_mid_sweep_does_not_hold_the_sweep(
+    make_service: Callable[..., BacktestService], engine: ParamEngine
+) -> None:
+    service = make_service(max_workers=1)
+    sweep_id = run_sweep(service, code=CODE + "# block\n", grid={"fast": [5, 10, 15]})
+    engine.wait_started(1)
+    queued = [c.id for c in service._store.children(sweep_id) if c.status is JobStatus.QUEUED]
+    service.delete("local", queued[0])  # its id was never shown, but a tenant may guess it
+    engine.release.set()
+    answer, _ = finished(service, sweep_id)
+    assert answer.status is JobStatus.COMPLETED
+    assert (answer.done, answer.total, answer.ranked_total) == (3, 3, 2)

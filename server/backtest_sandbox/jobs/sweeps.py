@@ -210,7 +210,9 @@ class SweepCoordinator:
             return
         children = self._store.children(sweep_id)
         combos = [c for c in children if c.id != state.oos_id]
-        done = sum(c.status.is_terminal for c in combos)
+        # A combination its tenant deleted (its id is in the ranking) counts as finished.
+        deleted = state.combinations - len(combos)
+        done = deleted + sum(c.status.is_terminal for c in combos)
         oos = next((c for c in children if c.id == state.oos_id), None)
         total = state.combinations + (1 if state.spec["oos_start"] else 0)
         progress = (done + int(oos is not None and oos.status.is_terminal), total)
@@ -331,7 +333,7 @@ class SweepCoordinator:
             sweep_id=sweep_id,
             status=summary.status,
             progress_percent=_percent(summary),
-            done=sum(c.status.is_terminal for c in combos),
+            done=state.combinations - len(combos) + sum(c.status.is_terminal for c in combos),
             total=state.combinations,
             target=spec.target,
             direction=spec.direction,
