@@ -18,7 +18,10 @@ this machine is shared and noisy, so absolute times mean little.
   (e) get_backtest_status's answer time while 20 jobs submitted at once run (issue 4);
   (f) verified over fast on ~50,000 synthetic 5-minute bars (issue 12), pool on;
   (g) a sweep of 50 combinations (issue 13) over 50 separate run_backtest calls of the same
-      combinations submitted at once, wall time to the last result, verified, pool on.
+      combinations submitted at once, wall time to the last result, verified, pool on;
+  (h) the fast path as an agent sees it (issue 12): run_backtest(wait=true) through the
+      official MCP client over streamable HTTP to `serve`, pool on, a 1 s pause between runs,
+      p50 over the bare p50.
 
 (b) to (e) run in fast mode, as they were first measured; (a) and (f) compare the modes.
 """
@@ -327,6 +330,96 @@ def measure_sweep(bench: Bench) -> dict[str, float]:
     return {"combinations": len(combinations), "separate": separate, "sweep": swept}
 
 
+HTTP_TOKEN = "bench-token-0123456789abcdef"
+
+
+def measure_mcp_http(bench: Bench, runs: int, mode: str = "fast") -> list[float]:
+    """(h) Seconds from the call to its answer of run_backtest(wait=true), through the MCP
+    client over HTTP, one run at a time with a 1 s pause between them (an agent reading)."""
+    import anyio
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "BACKTEST_DATA_DIR": str(bench.data_dir),
+        "BACKTEST_STATE_DIR": tempfile.mkdtemp(dir=bench.state_root),
+        "BACKTEST_MAX_WORKERS": "2",
+        "BACKTEST_POOL_SIZE": "2",
+        "BACKTEST_RUNTIME": bench.runtime,
+        "BACKTEST_API_TOKENS": f"{HTTP_TOKEN}:{TENANT}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "backtest_sandbox",
+        "serve",
+        "--transport",
+        "http",
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    async def drive() -> list[float]:
+        headers = {"Authorization": f"Bearer {HTTP_TOKEN}"}
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with (
+            httpx2.AsyncClient(headers=headers) as http,
+            Client(
+                streamable_http_client(url, http_client=http), read_timeout_seconds=120
+            ) as client,
+        ):
+            seconds = []
+            for index in range(runs + 1):  # the first one warms the pool up: not counted
+                await anyio.sleep(1.0 if index else 5.0)
+                bench.counter += 1
+                code = f"{STRATEGY}\n# mcp {bench.counter}\n"
+                started = time.perf_counter()
+                result = await client.call_tool(
+                    "run_backtest",
+                    {"code_content": code, "config": {**CONFIG, "mode": mode}, "wait": True},
+                )
+                elapsed = time.perf_counter() - started
+                status = result.structured_content or {}
+                assert status.get("status") == "completed", result.content
+                if index:
+                    seconds.append(elapsed)
+            return seconds
+
+    try:
+        _wait_listening(port)
+        return anyio.run(drive)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, timeout: float = 60) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("serve did not start")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
@@ -345,6 +438,7 @@ def main() -> None:
         verified_on = measure_latency(bench, 2, latency_runs, bare_value, "verified")
         long_run = measure_long_run(bench, 1 if args.quick else 3)
         sweep = measure_sweep(bench)
+        mcp_http = measure_mcp_http(bench, latency_runs)
         throughput = measure_throughput(bench, batch_runs)
         status_ms = measure_status_latency(bench, 20)
         rss_before, rss_after = measure_rss(bench, rss_runs)
@@ -364,6 +458,7 @@ def main() -> None:
         "long_run_fast_seconds": long_run["fast"],
         "long_run_verified_over_fast": long_run["verified"] / long_run["fast"],
         "sweep_over_separate": sweep["sweep"] / sweep["separate"],
+        "mcp_http_pool_on_p50_ratio": statistics.median(mcp_http) / bare_p50,
         "sweep_separate_seconds": sweep["separate"],
         "throughput_ratio": throughput["sandbox_wall"] / throughput["bare_wall"],
         "overhead_cpu_seconds_per_run": throughput["sandbox_cpu_per_run"]
@@ -429,6 +524,10 @@ def main() -> None:
     print(
         f"(g) a sweep of {sweep['combinations']} over as many run_backtest calls "
         f"({sweep['separate']:.1f} s) <= 0.35   {figures['sweep_over_separate']:.2f}"
+    )
+    print(
+        f"(h) fast path, MCP client over HTTP, wait=true, 1 s pause, p50  <= 0.5    "
+        f"{figures['mcp_http_pool_on_p50_ratio']:.2f}"
     )
     if args.json:
         print(json.dumps(figures))

@@ -12,6 +12,7 @@ from typing import Any
 
 import backtrader as bt
 
+import analyses
 import failure
 import recorder
 
@@ -95,15 +96,32 @@ def add_sizer(cerebro: Any, broker: dict[str, Any], module: Any = None) -> None:
     cerebro.addsizer(found, **params)
 
 
+def add_analyzers(cerebro: Any, specs: Sequence[dict[str, Any]]) -> None:
+    """The config's built-in analyzers (the host checked names and params against its table),
+    each as `cerebro.addanalyzer(cls, _name=name, **params)`, a `timeframe` by its name.
+
+    AnnualReturn reads the Broker observer (`strategy.stats.broker`), which Cerebro's default
+    observers include and ours leave out (stdstats=False): it gets that observer, as at home.
+    """
+    for spec in specs:
+        params = dict(spec.get("params") or {})
+        if isinstance(params.get("timeframe"), str):
+            params["timeframe"] = getattr(bt.TimeFrame, params["timeframe"])
+        cerebro.addanalyzer(getattr(bt.analyzers, spec["name"]), _name=spec["name"], **params)
+    if any(spec["name"] == "AnnualReturn" for spec in specs):
+        cerebro.addobserver(bt.observers.Broker)
+
+
 def add_recorder(cerebro: Any, progress: Any) -> None:
     cerebro.addanalyzer(recorder.Recorder, _name=RECORDER_NAME, progress=progress)
 
 
 def completed_result(strategy: Any) -> dict[str, Any]:
-    """The `completed` result object from the recorder and the broker."""
+    """The `completed` result object from the recorder and the broker, and the analyzers'
+    results (none in the referee, which adds only the recorder)."""
     record: recorder.Recorder = strategy.analyzers.getbyname(RECORDER_NAME)
     timestamps = map(recorder.iso_timestamp, record.datetimes)
-    return {
+    result = {
         "protocol": PROTOCOL,
         "outcome": "completed",
         "backtrader_version": bt.__version__,
@@ -120,6 +138,9 @@ def completed_result(strategy: Any) -> dict[str, Any]:
         "orders_total": record.orders_total,
         "open_positions": record.open_positions(),
     }
+    # Last: a get_analysis of the strategy's own is user code, run after the figures are read.
+    result["analyzers"], result["analyzer_errors"] = analyses.collect(strategy, RECORDER_NAME)
+    return result
 
 
 def encode_result(result: dict[str, Any]) -> bytes:

@@ -123,7 +123,14 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
     load = friendly.CerebroWatch()
     try:
         strategy = run_strategy(
-            cerebro, spec["code"], filename, spec["params"], spec["broker"], progress, load
+            cerebro,
+            spec["code"],
+            filename,
+            spec["params"],
+            spec["broker"],
+            progress,
+            load,
+            spec.get("analyzers") or [],
         )
     except (discovery.StrategyDiscoveryError, backtest.SizerError) as exc:
         result = failure.error_result(
@@ -161,9 +168,11 @@ def run_strategy(
     broker: dict[str, Any],
     progress: recorder.Progress,
     load: friendly.CerebroWatch,
+    analyzers: list[dict[str, Any]] | None = None,
 ) -> Any:
     """Exec the code (under `load`, which sees what its module-level code does), pick its
-    strategy, run it; the strategy instance, or None if it skipped.
+    strategy, run it with the config's `analyzers` (spec objects {name, params}); the strategy
+    instance, or None if it skipped.
 
     Raises:
         discovery.StrategyDiscoveryError: no usable strategy.
@@ -177,6 +186,7 @@ def run_strategy(
     if isinstance(cerebro.datas[0], pipefeed.PipeFeed):
         verified.check_strategy(strategy_class, cerebro)
     cerebro.addstrategy(strategy_class, **params)
+    backtest.add_analyzers(cerebro, analyzers or [])
     backtest.add_recorder(cerebro, progress)
     strategies = cerebro.run()
     return strategies[0] if strategies else None

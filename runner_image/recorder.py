@@ -270,9 +270,10 @@ def _without_none(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def trade_record(trade: Any, opened_size: float, mult: float) -> dict[str, Any]:
-    """The protocol's record of one closed trade."""
+    """The protocol's record of one closed trade, on the feed named `symbol`."""
     size, exit_price = _size_and_exit_price(trade, opened_size, mult)
     return {
+        "symbol": _symbol(trade.data),
         "entry_time": iso_timestamp(trade.dtopen),
         "exit_time": iso_timestamp(trade.dtclose),
         "direction": "long" if trade.long else "short",

@@ -1,6 +1,7 @@
 """Shared fixtures. Docker test modules declare `pytestmark = DOCKER`: the real daemon and the
 real runner image, and when either is missing they fail, never skip, so CI cannot go green
-without the sandbox."""
+without the sandbox. Tests of the PostgreSQL job store (marked `postgres`) take `postgres_url`:
+an empty database on a server the session starts, and they fail likewise without one."""
 
 from __future__ import annotations
 
@@ -47,6 +48,46 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for (symbol, timeframe), name in CATALOG_FILES.items():
         import_file(SHARED_DATA / name, symbol, Timeframe.parse(timeframe), root)
     return root
+
+
+# A service test with this mark runs over each job store: SQLite, then PostgreSQL. Its service
+# fixture takes `database_url`.
+BOTH_STORES = pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str:
+    """BACKTEST_DATABASE_URL for a service under test: empty (SQLite) unless the test is
+    parametrized with BOTH_STORES and this is its PostgreSQL run."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return ""
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database for the session (tests/postgres.py): its URL. No binaries and
+    no BACKTEST_TEST_DATABASE_URL is a failure that says what to install, never a skip."""
+    from tests import postgres
+
+    missing = None
+    try:
+        with postgres.server() as server, postgres.database(server) as url:
+            yield url
+    except postgres.PostgresMissing as e:
+        missing = str(e)
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The session's database, emptied for this test: its postgresql:// URL."""
+    from tests import postgres
+
+    return postgres.empty(postgres_database)
 
 
 @pytest.fixture(scope="session")

@@ -73,9 +73,19 @@ def plain_pairs(config: dict[str, Any]) -> tuple[float, list[float], list[dict[s
     cerebro.broker.setcommission(commission=config["commission"])
     cerebro.broker.set_slippage_perc(config["slippage"])
     cerebro.addstrategy(strategy_class(PAIRS, "several_feeds_e2e_pairs"))
-    cerebro.addanalyzer(Tape, _name="tape")
+    cerebro.addanalyzer(NamedTape, _name="tape")
     strategy = cerebro.run()[0]
     return cerebro.broker.getvalue(), strategy.analyzers.tape.values, strategy.analyzers.tape.trades
+
+
+class NamedTape(Tape):
+    """Tape, with the name of the feed each closed trade was on."""
+
+    def notify_trade(self, trade: Any) -> None:
+        closed = len(self.trades)
+        super().notify_trade(trade)
+        if len(self.trades) > closed:
+            self.trades[-1]["symbol"] = trade.data._name
 
 
 def test_a_pairs_trade_verified_equals_fast_equals_plain_backtrader(engine: Engine) -> None:
@@ -98,6 +108,8 @@ def test_a_pairs_trade_verified_equals_fast_equals_plain_backtrader(engine: Engi
         for got, want in zip(result.trade_log, trades, strict=True):
             for key in ("entry_time", "exit_time", "direction", "pnl", "pnl_net", "commission"):
                 assert got[key] == want[key], (key, got, want)
+            assert got["symbol"] == want["symbol"], (got, want)  # the leg it closed
+        assert {trade["symbol"] for trade in result.trade_log} == {"ORCL", "NVDA"}
         # The data block: ORCL's bars, and the feed it was traded against.
         assert result.data.bars == len(values)
         [extra] = result.data.extra_symbols

@@ -169,15 +169,17 @@ def test_refuses_files_over_the_size_cap(tmp_path: Path, monkeypatch: pytest.Mon
 def test_headers_in_any_case_and_extra_columns(tmp_path: Path) -> None:
     header = "DATE,oPeN,HIGH,low,Close,VOLUME,OpenInterest,Adj Close"
     frame, notes = read_bars(csv(tmp_path, [r + ",0,1.5" for r in GOOD], header=header))
-    assert list(frame.columns) == ["open", "high", "low", "close", "volume"]
+    assert list(frame.columns) == ["open", "high", "low", "close", "volume", "adj_close"]
+    assert (frame["adj_close"] == 1.5).all()  # kept, for config.adjust_prices
     assert notes == []
     assert frame.index.name == "datetime" and str(frame.index.dtype) == "datetime64[ns]"
     assert (frame.dtypes == "float64").all()
 
 
 def test_shared_files_in_their_shapes() -> None:
-    orcl, _ = read_bars(SHARED_DATA / "orcl-1995-2014.txt")  # Adj Close ignored
+    orcl, _ = read_bars(SHARED_DATA / "orcl-1995-2014.txt")  # Adj Close kept as adj_close
     assert (len(orcl), orcl["close"].iloc[0]) == (5036, 2.117284)
+    assert orcl["adj_close"].iloc[0] == 1.883304
     day, _ = read_bars(SHARED_DATA / "2006-day-001.txt")  # OpenInterest ignored
     assert len(day) == 255
     minutes, _ = read_bars(SHARED_DATA / "2006-min-005.txt")  # separate Date and Time

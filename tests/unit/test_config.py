@@ -89,3 +89,62 @@ def test_not_an_object():
 def test_canonical_hash_is_stable_across_spellings():
     assert parse(timeframe=16408).sha256() == parse(timeframe="d1").sha256()
     assert parse().sha256() != parse(commission=0.001).sha256()
+
+
+# --- analyzers: Backtrader's built-ins by name, with their params -------------------------------
+
+
+def test_analyzers_by_name_or_with_params():
+    config = parse(
+        analyzers=["SharpeRatio", {"name": "TimeReturn", "params": {"timeframe": "Months"}}]
+    )
+    assert [(spec.name, spec.params) for spec in config.analyzers] == [
+        ("SharpeRatio", {}),
+        ("TimeReturn", {"timeframe": "Months"}),
+    ]
+    # A bare name is the spec without params: both spellings hash alike.
+    assert (
+        config.sha256()
+        == parse(
+            analyzers=[
+                {"name": "SharpeRatio"},
+                {"name": "TimeReturn", "params": {"timeframe": "Months"}},
+            ]
+        ).sha256()
+    )
+    assert parse().analyzers == []
+
+
+KNOWN = "the known ones are AnnualReturn, Calmar, DrawDown"
+
+
+@pytest.mark.parametrize(
+    "analyzers,field,rule",
+    [
+        (["Sharpe"], "config.analyzers.0", f"unknown analyzer 'Sharpe'; {KNOWN}"),
+        (["SQN", "sqn"], "config.analyzers.1", "unknown analyzer 'sqn'"),
+        (["SQN", "DrawDown", "SQN"], "config.analyzers", "item 2 repeats SQN"),
+        ([5], "config.analyzers", "item 0 must be an analyzer name or {name, params}"),
+        ("SQN", "config.analyzers", "valid list"),
+        (["SQN"] * 21, "config.analyzers", "at most 20 items"),
+        ([{"name": "SQN", "colour": 1}], "config.analyzers.0.colour", "unknown field"),
+        ([{"name": "SQN", "params": {"period": 3}}], "config.analyzers.0",
+         "params.period: SQN has no such param (it takes: none)"),
+        ([{"name": "SharpeRatio", "params": {"riskfree": 0}}], "config.analyzers.0",
+         "params.riskfree: SharpeRatio has no such param (it takes: timeframe, compression, "
+         "riskfreerate,"),
+        ([{"name": "SharpeRatio", "params": {"timeframe": "Day"}}], "config.analyzers.0",
+         "params.timeframe: must be one of Ticks, MicroSeconds, Seconds, Minutes, Days,"),
+        ([{"name": "SharpeRatio", "params": {"riskfreerate": "1%"}}], "config.analyzers.0",
+         "params.riskfreerate: must be a boolean, a finite number or null"),
+        ([{"name": "SharpeRatio", "params": {"riskfreerate": float("inf")}}],
+         "config.analyzers.0", "params.riskfreerate: must be a boolean, a finite number"),
+        ([{"name": "TimeReturn", "params": {"data": 1}}], "config.analyzers.0",
+         "params.data: TimeReturn has no such param"),
+    ],
+)  # fmt: skip
+def test_analyzer_rules_name_the_field(analyzers, field, rule):
+    with pytest.raises(InvalidRequest) as caught:
+        parse(analyzers=analyzers)
+    assert caught.value.field == field
+    assert rule in str(caught.value)

@@ -286,11 +286,16 @@ def test_a_short_trade_closed_in_two_fills(tmp_path: Path) -> None:
                 elif len(self) in (20, 30):
                     self.buy(size=1)
     """
-    result, _ = run_code(tmp_path, code)
+    job = make_job(tmp_path)
+    spec = spec_for(job, textwrap.dedent(code))
+    spec["data"]["feeds"] = [{"name": "ORCL", "path": str(job.data_csv)}]  # a named feed
+    assert run_harness(job, spec).returncode == 0
+    result = job.result()
     bars = pd.read_csv(tmp_path / "in" / "data.csv")
     # Market orders fill at the next bar's open: bars 10, 20 and 30, counting from 0.
     (trade,) = result["trades"]
     assert trade == {
+        "symbol": "ORCL",  # the feed's name
         "entry_time": bars["datetime"][10],
         "exit_time": bars["datetime"][30],
         "direction": "short",

@@ -159,6 +159,11 @@ async def test_run_then_poll_to_the_result(client: Client, engine: FakeEngine) -
         "provenance",
         "warnings",
         "integrity",
+        "analyzers",
+        "analyzers_omitted",
+        "analyzer_errors",
+        "analyzers_source",
+        "analyzers_verified",
         "cached",
         "chart",
     }

@@ -18,15 +18,21 @@ from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.jobs import views
 from backtest_sandbox.jobs.engine import RunRequest
 from backtest_sandbox.jobs.service import BacktestService
-from backtest_sandbox.jobs.store import JobStore
+from backtest_sandbox.jobs.store import open_store
+from tests.conftest import BOTH_STORES
 from tests.unit.fake_engine import NO_DATA_SYMBOL, FakeEngine, config, make_result
 
 CODE = "import backtrader as bt\nclass S(bt.Strategy):\n    pass\n"
 BLOCK = CODE + "# block\n"
 
 
-def settings_for(tmp_path: Path, workers: int = 2) -> Settings:
-    return Settings(state_dir=tmp_path / "state", data_dir=tmp_path / "data", max_workers=workers)
+def settings_for(tmp_path: Path, workers: int = 2, database_url: str = "") -> Settings:
+    return Settings(
+        state_dir=tmp_path / "state",
+        data_dir=tmp_path / "data",
+        max_workers=workers,
+        database_url=database_url,
+    )
 
 
 @pytest.fixture
@@ -35,11 +41,13 @@ def engine() -> FakeEngine:
 
 
 @pytest.fixture
-def make_service(tmp_path: Path, engine: FakeEngine) -> Iterator[Callable[..., BacktestService]]:
+def make_service(
+    tmp_path: Path, engine: FakeEngine, database_url: str
+) -> Iterator[Callable[..., BacktestService]]:
     started: list[BacktestService] = []
 
     def make(workers: int = 2) -> BacktestService:
-        service = BacktestService(settings_for(tmp_path, workers), engine)
+        service = BacktestService(settings_for(tmp_path, workers, database_url), engine)
         service.start()
         started.append(service)
         return service
@@ -74,6 +82,7 @@ def submit(service: BacktestService, code: str = CODE, tenant: str = "local", **
 # -- submit, run, status -----------------------------------------------------------------------
 
 
+@BOTH_STORES
 def test_a_submission_runs_to_completion(service: BacktestService, engine: FakeEngine) -> None:
     submitted = service.submit("local", CODE, "python", config())
     assert submitted.model_dump() == {
@@ -99,6 +108,7 @@ def test_a_submission_runs_to_completion(service: BacktestService, engine: FakeE
             "order_log_truncated": False,
             "logs": "x" * views.INLINE_LOG_CHARS,
             "logs_truncated": True,
+            "analyzers_omitted": [],
             "cached": False,
             "chart": None,
         },
@@ -126,7 +136,7 @@ def test_status_reads_the_view_stored_with_the_result(
 ) -> None:
     backtest_id = submit(service, CODE + "# bars: 3000\n")
     status = wait_for(service, backtest_id, JobStatus.COMPLETED)
-    store = JobStore(service.settings.state_dir / "jobs.sqlite3")
+    store = open_store(service.settings)
     try:
         job = store.get("local", backtest_id)
     finally:
@@ -138,6 +148,7 @@ def test_status_reads_the_view_stored_with_the_result(
     assert status.result is not None and len(status.result.equity_curve) <= 100
 
 
+@BOTH_STORES
 def test_a_failed_run_carries_its_error(service: BacktestService) -> None:
     backtest_id = submit(service, CODE + "# fail: runtime_error\n")
     status = wait_for(service, backtest_id, JobStatus.FAILED)
@@ -147,6 +158,7 @@ def test_a_failed_run_carries_its_error(service: BacktestService) -> None:
     )
 
 
+@BOTH_STORES
 def test_progress_and_estimated_completion_while_running(
     service: BacktestService, engine: FakeEngine
 ) -> None:
@@ -181,6 +193,7 @@ def test_one_tenant_is_served_first_in_first_out(
     assert engine.runs == ids
 
 
+@BOTH_STORES
 def test_a_flooding_tenant_does_not_hold_back_another(
     make_service: Callable[..., BacktestService], engine: FakeEngine
 ) -> None:
@@ -337,6 +350,7 @@ def test_a_malformed_id_is_not_found(service: BacktestService) -> None:
 # -- cancel and delete -------------------------------------------------------------------------
 
 
+@BOTH_STORES
 def test_cancel_a_queued_job(
     make_service: Callable[..., BacktestService], engine: FakeEngine
 ) -> None:
@@ -354,6 +368,7 @@ def test_cancel_a_queued_job(
     assert engine.runs == [running]
 
 
+@BOTH_STORES
 def test_cancel_a_running_job_kills_it(service: BacktestService, engine: FakeEngine) -> None:
     backtest_id = submit(service, BLOCK)
     engine.wait_started(1)
@@ -369,6 +384,7 @@ def test_cancel_a_finished_job_keeps_its_status(service: BacktestService) -> Non
     assert service.cancel("local", backtest_id).status is JobStatus.COMPLETED
 
 
+@BOTH_STORES
 def test_delete_a_running_job(service: BacktestService, engine: FakeEngine) -> None:
     backtest_id = submit(service, BLOCK)
     engine.wait_started(1)
@@ -385,6 +401,7 @@ def test_delete_a_running_job(service: BacktestService, engine: FakeEngine) -> N
 # -- the cache ---------------------------------------------------------------------------------
 
 
+@BOTH_STORES
 def test_an_identical_submission_is_answered_from_the_cache(
     service: BacktestService, engine: FakeEngine
 ) -> None:
@@ -453,6 +470,7 @@ def test_a_cancelled_run_is_never_cached(service: BacktestService, engine: FakeE
     assert (again.status, again.cached) == (JobStatus.QUEUED, False)
 
 
+@BOTH_STORES
 def test_deleting_the_only_job_forgets_its_cached_result(service: BacktestService) -> None:
     first = submit(service)
     wait_for(service, first, JobStatus.COMPLETED)
@@ -474,6 +492,7 @@ def test_a_cache_key_fault_only_disables_caching(
 # -- listing, reading, orders, charts ----------------------------------------------------------
 
 
+@BOTH_STORES
 def test_list_pages_with_a_cursor(service: BacktestService) -> None:
     ids = [submit(service, CODE + f"# {n}\n") for n in range(5)]
     for backtest_id in ids:
@@ -689,6 +708,7 @@ def test_chart_gives_the_series_and_a_png(service: BacktestService, name: str) -
 # -- stats and life cycle ----------------------------------------------------------------------
 
 
+@BOTH_STORES
 def test_stats(service: BacktestService) -> None:
     first = submit(service)
     wait_for(service, first, JobStatus.COMPLETED)
@@ -710,10 +730,11 @@ def test_stats(service: BacktestService) -> None:
     assert service.stats("someone else").total == 0
 
 
+@BOTH_STORES
 def test_a_clean_stop_puts_running_jobs_back_in_the_queue(
-    tmp_path: Path, engine: FakeEngine
+    tmp_path: Path, engine: FakeEngine, database_url: str
 ) -> None:
-    settings = settings_for(tmp_path, workers=1)
+    settings = settings_for(tmp_path, workers=1, database_url=database_url)
     service = BacktestService(settings, engine)
     service.start()
     running = submit(service, BLOCK)
@@ -721,7 +742,7 @@ def test_a_clean_stop_puts_running_jobs_back_in_the_queue(
     engine.wait_started(1)
     service.close()
     assert engine.closed
-    store = JobStore(settings.state_dir / "jobs.sqlite3")
+    store = open_store(settings)
     try:
         jobs = {job_id: store.get("local", job_id) for job_id in (running, queued)}
         assert {k: (j.status, j.attempts) for k, j in jobs.items() if j} == {
@@ -732,10 +753,13 @@ def test_a_clean_stop_puts_running_jobs_back_in_the_queue(
         store.close()
 
 
-def test_restart_runs_what_a_killed_process_left(tmp_path: Path, engine: FakeEngine) -> None:
-    settings = settings_for(tmp_path, workers=1)
+@BOTH_STORES
+def test_restart_runs_what_a_killed_process_left(
+    tmp_path: Path, engine: FakeEngine, database_url: str
+) -> None:
+    settings = settings_for(tmp_path, workers=1, database_url=database_url)
     # A "previous process": one job it was running when it died, one still queued.
-    store = JobStore(settings.state_dir / "jobs.sqlite3")
+    store = open_store(settings)
     dead = BacktestService(settings, engine, store=store)  # never started: no workers
     interrupted = submit(dead)
     waiting = submit(dead, CODE + "# waiting\n")
@@ -754,9 +778,12 @@ def test_restart_runs_what_a_killed_process_left(tmp_path: Path, engine: FakeEng
         service.close()
 
 
-def test_restart_gives_up_on_a_job_interrupted_twice(tmp_path: Path, engine: FakeEngine) -> None:
-    settings = settings_for(tmp_path, workers=1)
-    store = JobStore(settings.state_dir / "jobs.sqlite3")
+@BOTH_STORES
+def test_restart_gives_up_on_a_job_interrupted_twice(
+    tmp_path: Path, engine: FakeEngine, database_url: str
+) -> None:
+    settings = settings_for(tmp_path, workers=1, database_url=database_url)
+    store = open_store(settings)
     backtest_id = submit(BacktestService(settings, engine, store=store))
     assert store.claim_next() is not None  # a first process dies while running it,
     store.recover(max_attempts=2, give_up_error_json="{}")  # a second one recovers it
@@ -812,6 +839,7 @@ def test_the_config_document_lists_rules_and_limits(tmp_path: Path) -> None:
     assert {"type": "string", "enum": ANY} in document["schema"]["properties"]["timeframe"]["anyOf"]
 
 
+@BOTH_STORES
 def test_the_service_is_thread_safe_under_concurrent_submissions(
     service: BacktestService,
 ) -> None:

@@ -1,17 +1,26 @@
-"""The job store: transactions, tenancy, fair claiming, cache, and restart recovery."""
+"""The job store: transactions, tenancy, fair claiming, cache, and restart recovery.
+
+Every test runs against both implementations: SQLite (a file in a temporary directory) and
+PostgreSQL (a database of its own on a real server the session starts: tests/postgres.py).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
+from pydantic import ValidationError
 
 from backtest_sandbox.domain.errors import QuotaExceeded
 from backtest_sandbox.domain.models import JobStatus
+from backtest_sandbox.domain.settings import Settings
+from backtest_sandbox.jobs.postgres_store import PostgresJobStore
+from backtest_sandbox.jobs.sqlite_store import SqliteJobStore
 from backtest_sandbox.jobs.store import (
     CacheEntry,
     JobStore,
@@ -19,7 +28,10 @@ from backtest_sandbox.jobs.store import (
     NewJob,
     Recovery,
     StoredResult,
+    open_store,
 )
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 class Clock:
@@ -43,11 +55,43 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "jobs.sqlite3"
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def store(path: Path, clock: Clock) -> Iterator[JobStore]:
-    store = JobStore(path, clock=clock)
-    yield store
-    store.close()
+def reopen(
+    backend: str, path: Path, clock: Clock, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], JobStore]]:
+    """Opens another store object on the test's one database: as another process would, or
+    the same process after a restart. Every store it opened is closed at the end."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else ""
+    opened: list[JobStore] = []
+
+    def make() -> JobStore:
+        store: JobStore
+        if backend == "postgres":
+            store = PostgresJobStore(url, clock=clock)
+        else:
+            store = SqliteJobStore(path, clock=clock)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(reopen: Callable[[], JobStore]) -> JobStore:
+    return reopen()
+
+
+@pytest.fixture
+def integrity_error(backend: str) -> type[Exception]:
+    """What each driver raises when a constraint (a job id taken) refuses a write."""
+    return sqlite3.IntegrityError if backend == "sqlite" else psycopg.IntegrityError
 
 
 def new_job(n: int, tenant: str = "a", **changes: object) -> NewJob:
@@ -88,9 +132,9 @@ def test_another_tenants_job_is_not_found(store: JobStore) -> None:
     assert store.get("a", new_job(1).id) is not None
 
 
-def test_a_failed_insert_changes_nothing(store: JobStore) -> None:
+def test_a_failed_insert_changes_nothing(store: JobStore, integrity_error: type[Exception]) -> None:
     store.insert(new_job(1))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_error):
         store.insert(new_job(1, cached=True, status=JobStatus.COMPLETED))
     # The cache-hit counter is bumped in the same transaction, so it rolled back too.
     assert store.counts("a").cache_hits == 0
@@ -150,6 +194,23 @@ def test_claim_serves_the_least_recently_served_tenant_first(store: JobStore, cl
     assert order == [new_job(n).id for n in (0, 50, 1, 51, 2)]
 
 
+def test_a_job_claimed_by_id_runs_again_when_its_worker_was_lost(
+    store: JobStore, clock: Clock
+) -> None:
+    store.insert(new_job(1))
+    first = store.claim(new_job(1).id)
+    assert first is not None and (first.status, first.attempts) == (JobStatus.RUNNING, 1)
+    clock.advance(5)
+    again = store.claim(new_job(1).id)  # its worker was lost: another one takes it over
+    assert again is not None and (again.attempts, again.started_at) == (2, clock.now)
+    assert store.claim_next() is None  # never handed out twice by the local scheduler
+    store.cancel("a", new_job(1).id)
+    assert store.claim(new_job(1).id) is None  # cancelled: not to run
+    assert store.claim("bt_" + "f" * 32) is None  # deleted, or never there
+    store.insert(new_job(2, kind="sweep"))
+    assert store.claim(new_job(2).id) is None  # a sweep is followed, not run
+
+
 def test_progress_is_recorded_only_while_running(store: JobStore, clock: Clock) -> None:
     store.insert(new_job(1))
     store.set_progress(new_job(1).id, 1, 10)
@@ -165,9 +226,10 @@ def test_progress_is_recorded_only_while_running(store: JobStore, clock: Clock) 
 def test_finish_records_and_caches_in_one_step(store: JobStore) -> None:
     store.insert(new_job(1, cache_key="k"))
     store.claim_next()
-    assert store.finish(
-        new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k"
-    ) == (True, [])
+    assert store.finish(new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k") == (
+        True,
+        [],
+    )
     job = store.get("a", new_job(1).id)
     assert job is not None
     assert (job.status, job.result_digest) == (JobStatus.COMPLETED, RESULT.digest)
@@ -180,9 +242,10 @@ def test_finish_after_cancel_changes_nothing(store: JobStore) -> None:
     store.claim_next()
     assert store.cancel("a", new_job(1).id) == (JobStatus.RUNNING, JobStatus.CANCELLED)
     # Not recorded, and the result written for it is nobody's: the caller removes it.
-    assert store.finish(
-        new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k"
-    ) == (False, [RESULT.digest])
+    assert store.finish(new_job(1).id, JobStatus.COMPLETED, result=RESULT, cache_key="k") == (
+        False,
+        [RESULT.digest],
+    )
     job = store.get("a", new_job(1).id)
     assert job is not None and job.status is JobStatus.CANCELLED and job.result_digest is None
     assert store.cache_get("k") is None
@@ -223,7 +286,9 @@ def test_a_cache_hit_shares_the_result_and_counts_against_the_quota(store: JobSt
     with pytest.raises(QuotaExceeded) as refused:
         store.insert(replace(hit, id="bt_" + "9" * 32), limits)
     assert (refused.value.rule, refused.value.limit, refused.value.current) == (
-        "tenant_max_stored_jobs", 2, 2,
+        "tenant_max_stored_jobs",
+        2,
+        2,
     )
     # One stored result, three references (two jobs, the cache): freed with the last one.
     assert store.delete("a", new_job(1).id) == (JobStatus.COMPLETED, [])
@@ -244,8 +309,13 @@ def test_the_cache_keeps_its_most_recently_used_entries(store: JobStore, clock: 
         store.insert(new_job(n, cache_key=f"k{n}"))
         store.claim_next()
         clock.advance(1)
-        store.finish(new_job(n).id, JobStatus.COMPLETED, result=stored(n), cache_key=f"k{n}",
-                     cache_max_entries=2)
+        store.finish(
+            new_job(n).id,
+            JobStatus.COMPLETED,
+            result=stored(n),
+            cache_key=f"k{n}",
+            cache_max_entries=2,
+        )
     assert store.cache_get("k0") is None  # evicted: the oldest
     assert store.cache_get("k1") is not None and store.cache_get("k2") is not None
 
@@ -305,8 +375,8 @@ def test_counts_and_average_times(store: JobStore, clock: Clock) -> None:
     assert store.counts("nobody").avg_execution_seconds is None
 
 
-def test_recover_accounts_for_every_job(path: Path, clock: Clock) -> None:
-    store = JobStore(path, clock=clock)
+def test_recover_accounts_for_every_job(reopen: Callable[[], JobStore]) -> None:
+    store = reopen()
     store.insert(new_job(1))  # will be completed
     store.insert(new_job(2))  # running once, interrupted
     store.insert(new_job(3))  # running a second time, interrupted again
@@ -316,13 +386,13 @@ def test_recover_accounts_for_every_job(path: Path, clock: Clock) -> None:
     store.claim_next()
     store.claim_next()
     store.requeue(new_job(3).id)  # rewind job 3 to simulate its earlier interrupted run:
-    with store._transaction() as conn:  # its attempt count is what a restart would see
+    with store._transaction() as conn:  # type: ignore[attr-defined]  # what a restart sees
         conn.execute(
             "UPDATE jobs SET status = 'running', attempts = 2 WHERE id = ?", (new_job(3).id,)
         )
     store.close()  # the "process" dies here; nothing in memory survives
 
-    reopened = JobStore(path, clock=clock)
+    reopened = reopen()
     recovery = reopened.recover(max_attempts=2, give_up_error_json='{"type": "sandbox_error"}')
     assert recovery == Recovery(requeued=1, failed=1, queued=2)
     statuses = {n: reopened.get("a", new_job(n).id).status for n in (1, 2, 3, 4)}  # type: ignore[union-attr]
@@ -336,19 +406,28 @@ def test_recover_accounts_for_every_job(path: Path, clock: Clock) -> None:
     assert third is not None and third.error_json == '{"type": "sandbox_error"}'
     again = reopened.claim_next()
     assert again is not None and (again.id, again.attempts) == (new_job(2).id, 2)
-    reopened.close()
 
 
-def test_a_newer_schema_is_refused(path: Path) -> None:
-    JobStore(path).close()
+def test_a_newer_sqlite_schema_is_refused(path: Path) -> None:
+    SqliteJobStore(path).close()
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
     with pytest.raises(sqlite3.DatabaseError, match="schema version 99"):
-        JobStore(path)
+        SqliteJobStore(path)
 
 
-def test_the_database_is_in_wal_mode(store: JobStore, path: Path) -> None:
+@pytest.mark.postgres
+def test_a_newer_postgres_schema_is_refused(postgres_url: str) -> None:
+    PostgresJobStore(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE store_schema SET version = 99")
+    with pytest.raises(psycopg.DatabaseError, match="schema version 99 is newer"):
+        PostgresJobStore(postgres_url)
+
+
+def test_the_sqlite_database_is_in_wal_mode(path: Path) -> None:
+    SqliteJobStore(path).close()
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -356,7 +435,7 @@ def test_the_database_is_in_wal_mode(store: JobStore, path: Path) -> None:
         conn.close()
 
 
-def test_a_write_wakes_a_waiting_reader(store: JobStore) -> None:
+def test_a_write_wakes_a_waiting_reader(store: JobStore, integrity_error: type[Exception]) -> None:
     seen = store.version()
     assert store.wait_for_change(seen, timeout=0.01) == seen  # nothing written: times out
     writer = threading.Timer(0.05, lambda: store.insert(new_job(1)))
@@ -366,6 +445,172 @@ def test_a_write_wakes_a_waiting_reader(store: JobStore) -> None:
     finally:
         writer.join()
     failed = store.version()
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_error):
         store.insert(new_job(1))  # the same id again: rolled back, so no change to wake on
     assert store.version() == failed
+
+
+# -- several processes on one database ---------------------------------------------------------
+
+THREADS = 8
+
+
+def at_once(work: Callable[[int], None], threads: int = THREADS) -> None:
+    """Run `work(n)` on `threads` threads released together, and re-raise the first failure."""
+    start = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def run(n: int) -> None:
+        start.wait()
+        try:
+            work(n)
+        except BaseException as e:  # handed to the test's thread below
+            failures.append(e)
+
+    pool = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(60)
+    if failures:
+        raise failures[0]
+
+
+def test_concurrent_submissions_never_overshoot_a_quota(reopen: Callable[[], JobStore]) -> None:
+    """Two store objects (two servers) on one database, eight threads submitting at once."""
+    servers = [reopen(), reopen()]
+    accepted: list[str] = []
+    refused: list[QuotaExceeded] = []
+    lock = threading.Lock()
+
+    def submit(n: int) -> None:
+        for k in range(10):
+            job = new_job(100 * n + k)
+            try:
+                servers[n % 2].insert(job, Limits(max_queued=25))
+            except QuotaExceeded as e:
+                with lock:
+                    refused.append(e)
+            else:
+                with lock:
+                    accepted.append(job.id)
+
+    at_once(submit)
+    assert (len(accepted), len(refused)) == (25, 55)
+    assert {e.rule for e in refused} == {"tenant_max_queued"}
+    assert servers[0].counts("a").by_status[JobStatus.QUEUED] == 25
+
+
+def test_concurrent_claimers_never_take_the_same_job(reopen: Callable[[], JobStore]) -> None:
+    servers = [reopen(), reopen()]
+    for n in range(60):
+        servers[0].insert(new_job(n, tenant="abc"[n % 3]))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim(n: int) -> None:
+        while (job := servers[n % 2].claim_next()) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    at_once(claim)
+    assert len(claimed) == 60 and len(set(claimed)) == 60
+
+
+def test_concurrent_claimers_respect_the_per_tenant_cap(reopen: Callable[[], JobStore]) -> None:
+    servers = [reopen(), reopen()]
+    for n in range(10):
+        servers[0].insert(new_job(n, tenant="a"))
+    servers[0].insert(new_job(99, tenant="b"))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim(n: int) -> None:  # nothing finishes: a's cap stays reached
+        for _ in range(3):
+            job = servers[n % 2].claim_next(max_running_per_tenant=2)
+            if job is not None:
+                with lock:
+                    claimed.append(job.tenant)
+
+    at_once(claim)
+    assert sorted(claimed) == ["a", "a", "b"]
+
+
+def test_a_claim_and_a_cancel_at_once_agree(reopen: Callable[[], JobStore]) -> None:
+    """Whichever goes first, the canceller learns whether the job had started (to kill its
+    container), and a cancelled job is never handed to a worker."""
+    servers = [reopen(), reopen()]
+    for round_ in range(20):
+        job = new_job(round_)
+        servers[0].insert(job)
+        outcome: dict[str, object] = {}
+
+        def race(n: int, job_id: str = job.id, outcome: dict[str, object] = outcome) -> None:
+            if n == 0:
+                outcome["claimed"] = servers[0].claim_next()
+            else:
+                outcome["cancel"] = servers[1].cancel("a", job_id)
+
+        at_once(race, threads=2)
+        claimed, cancel = outcome["claimed"], outcome["cancel"]
+        if claimed is None:
+            assert cancel == (JobStatus.QUEUED, JobStatus.CANCELLED)
+        else:
+            assert cancel == (JobStatus.RUNNING, JobStatus.CANCELLED)
+
+
+@pytest.mark.postgres
+def test_a_write_of_another_process_wakes_a_waiting_reader(postgres_url: str) -> None:
+    """LISTEN/NOTIFY: a status wait in one server wakes on a job finished by another."""
+    reader, writer = PostgresJobStore(postgres_url), PostgresJobStore(postgres_url)
+    try:
+        seen = reader.version()
+        assert reader.wait_for_change(seen, timeout=0.05) == seen  # nothing written
+        later = threading.Timer(0.05, lambda: writer.insert(new_job(1)))
+        later.start()
+        try:
+            assert reader.wait_for_change(seen, timeout=10) == seen + 1
+        finally:
+            later.join()
+        assert reader.get("a", new_job(1).id) is not None
+        quiet = reader.version()
+        assert writer.claim_next() is not None and writer.claim_next() is None
+        reader.wait_for_change(quiet, timeout=10)
+        # One claim changed a row and one changed nothing: only the first is told.
+        assert reader.wait_for_change(quiet + 1, timeout=0.2) == quiet + 1
+    finally:
+        reader.close()
+        writer.close()
+
+
+# -- which store the settings open -------------------------------------------------------------
+
+
+def test_the_default_store_is_the_sqlite_file_in_the_state_dir(tmp_path: Path) -> None:
+    store = open_store(Settings(state_dir=tmp_path))
+    try:
+        assert isinstance(store, SqliteJobStore) and store.path == tmp_path / "jobs.sqlite3"
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_database_url_opens_postgres(tmp_path: Path, postgres_url: str) -> None:
+    store = open_store(Settings(state_dir=tmp_path, database_url=postgres_url))
+    try:
+        assert isinstance(store, PostgresJobStore)
+        assert store.insert(new_job(1)).status is JobStatus.QUEUED
+    finally:
+        store.close()
+    assert not (tmp_path / "jobs.sqlite3").exists()
+
+
+def test_a_database_url_must_be_postgresql_and_is_never_echoed() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(database_url="mysql://user:hunter2@db/jobs")
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("database_url",)
+    # What the CLI prints (the location and the message) holds the rule, not the password.
+    assert "must be empty (SQLite) or a postgresql:// URL" in error["msg"]
+    assert "hunter2" not in error["msg"]
+    assert "hunter2" not in repr(Settings(database_url="postgresql://u:hunter2@db/jobs"))

@@ -19,6 +19,7 @@ from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.domain.sweep import parse_sweep, rank
 from backtest_sandbox.jobs.engine import RunRequest
 from backtest_sandbox.jobs.service import BacktestService
+from tests.conftest import BOTH_STORES
 from tests.unit.fake_engine import FakeEngine, config, make_result
 
 CODE = "import backtrader as bt\nclass S(bt.Strategy):\n    params = (('fast', 5), ('slow', 20))\n"
@@ -131,12 +132,20 @@ def engine() -> ParamEngine:
 
 
 @pytest.fixture
-def make_service(tmp_path: Path, engine: ParamEngine) -> Iterator[Callable[..., BacktestService]]:
+def make_service(
+    tmp_path: Path, engine: ParamEngine, database_url: str
+) -> Iterator[Callable[..., BacktestService]]:
     started: list[BacktestService] = []
 
     def make(**settings: Any) -> BacktestService:
         service = BacktestService(
-            Settings(state_dir=tmp_path / "state", data_dir=tmp_path / "data", **settings), engine
+            Settings(
+                state_dir=tmp_path / "state",
+                data_dir=tmp_path / "data",
+                database_url=database_url,
+                **settings,
+            ),
+            engine,
         )
         service.start()
         started.append(service)
@@ -159,6 +168,7 @@ def finished(service: BacktestService, sweep_id: str) -> Any:
     return service.sweep_status("local", sweep_id)
 
 
+@BOTH_STORES
 def test_a_sweep_runs_every_combination_and_ranks_them(
     make_service: Callable[..., BacktestService], engine: ParamEngine
 ) -> None:
@@ -203,6 +213,7 @@ def test_top_cuts_the_ranking_and_a_backtest_id_is_refused(
     assert raised.value.field == "sweep_id"
 
 
+@BOTH_STORES
 def test_a_combination_already_run_is_not_run_again(
     make_service: Callable[..., BacktestService], engine: ParamEngine
 ) -> None:
@@ -216,6 +227,7 @@ def test_a_combination_already_run_is_not_run_again(
     assert heatmap is None  # one varying parameter
 
 
+@BOTH_STORES
 def test_out_of_sample_runs_the_winner_on_the_rest(
     make_service: Callable[..., BacktestService], engine: ParamEngine
 ) -> None:
@@ -229,6 +241,7 @@ def test_out_of_sample_runs_the_winner_on_the_rest(
     assert len(engine.runs) == 7
 
 
+@BOTH_STORES
 def test_cancel_stops_every_combination(
     make_service: Callable[..., BacktestService], engine: ParamEngine
 ) -> None:
@@ -244,6 +257,7 @@ def test_cancel_stops_every_combination(
     assert service.list_backtests("local").backtests == []
 
 
+@BOTH_STORES
 def test_the_combination_quota_counts_every_waiting_combination(
     make_service: Callable[..., BacktestService],
 ) -> None:

@@ -27,7 +27,8 @@ from backtest_sandbox.domain.models import JobStatus
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.domain.tenants import parse_api_tokens
 from backtest_sandbox.jobs.service import BacktestService
-from backtest_sandbox.jobs.store import JobStore, NewJob
+from backtest_sandbox.jobs.sqlite_store import SqliteJobStore
+from backtest_sandbox.jobs.store import NewJob
 from tests.mcp_helpers import call, connect_http, error
 from tests.unit.fake_engine import FakeEngine, config
 
@@ -354,7 +355,7 @@ def test_a_tenant_at_its_running_quota_is_skipped(
 
 
 def test_claim_skips_tenants_at_the_cap(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     try:
         for n, tenant in enumerate(["a", "a", "b"]):
             store.insert(

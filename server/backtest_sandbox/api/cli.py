@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP without BACKTEST_API_TOKENS, on a loopback --host only: one local tenant",
     )
 
+    worker = commands.add_parser(
+        "worker",
+        help="run backtests on this Docker host for Temporal (BACKTEST_BACKEND=temporal)",
+    )
+    worker.add_argument("--slots", type=int, default=None,
+                        help="runs at once on this host (default: BACKTEST_MAX_WORKERS)")
+
     build = commands.add_parser("build-image", help="build the runner image (air-gapped)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is current")
 
@@ -194,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _cmd_run,
         "sweep": _cmd_sweep,
         "serve": _cmd_serve,
+        "worker": _cmd_worker,
         "build-image": _cmd_build_image,
         "doctor": _cmd_doctor,
         "data": _cmd_data,
@@ -469,8 +477,40 @@ def terminal_safe(text: str) -> str:
                        else f"\\u{ord(m.group()):04x}", text)
 
 
+def _check_temporal(settings: Settings) -> None:
+    """Raises:
+    InvalidRequest: the temporal backend without the shared database it keeps jobs in.
+    """
+    if settings.backend == "temporal" and not settings.database_url.get_secret_value():
+        raise InvalidRequest(
+            "BACKTEST_DATABASE_URL",
+            "is required with BACKTEST_BACKEND=temporal (the job store every server and "
+            "worker shares)",
+        )
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from backtest_sandbox.jobs.temporal_worker import run_worker
+
+    from .mcp_server import configure_logging
+
+    if settings.backend != "temporal":
+        raise InvalidRequest("BACKTEST_BACKEND", "must be temporal for `worker`")
+    _check_temporal(settings)
+    slots = settings.max_workers if args.slots is None else args.slots
+    if not 1 <= slots <= 64:
+        raise InvalidRequest("--slots", "must be between 1 and 64")
+    configure_logging()
+    asyncio.run(run_worker(settings, slots=slots))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .mcp_server import serve  # imported here: the MCP stack is only needed by `serve`
+
+    _check_temporal(settings)
 
     serve(
         settings,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backtest_sandbox.domain.analyzers import BUILTIN_ANALYZERS
 from backtest_sandbox.domain.code import LANGUAGES
 from backtest_sandbox.domain.config import MIN_MEMORY_MB, BacktestConfig, config_rules
 from backtest_sandbox.domain.errors import ERROR_TYPE_MEANINGS
@@ -34,7 +35,12 @@ def config_input_schema() -> dict[str, Any]:
     and a `$ref` into `$defs` would dangle once the schema is nested in a tool's input schema.
     """
     schema = BacktestConfig.model_json_schema()
-    schema.pop("$defs", None)
+    schema = _inlined(schema, schema.pop("$defs", {}))
+    # A bare name is accepted too (the analyzer with its defaults), and the names are few.
+    analyzers = schema["properties"]["analyzers"]
+    spec = analyzers["items"]
+    spec["properties"]["name"]["enum"] = list(BUILTIN_ANALYZERS)
+    analyzers["items"] = {"anyOf": [{"type": "string", "enum": list(BUILTIN_ANALYZERS)}, spec]}
     schema["properties"]["timeframe"] = {
         "description": "MT5 timeframe by code (16408) or by name (D1).",
         "anyOf": [
@@ -43,6 +49,18 @@ def config_input_schema() -> dict[str, Any]:
         ],
     }
     return schema
+
+
+def _inlined(node: Any, definitions: dict[str, Any]) -> Any:
+    """`node` with every `{"$ref": "#/$defs/X"}` replaced by a copy of definition X."""
+    if isinstance(node, list):
+        return [_inlined(item, definitions) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _inlined(definitions[ref.removeprefix("#/$defs/")], definitions)
+    return {key: _inlined(value, definitions) for key, value in node.items()}
 
 
 def config_document(settings: Settings) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from .config_document import config_document, config_input_schema
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 CONFIG_URIS = ("backtest://config", "resources/backtest-config")
-WAIT_POLL_SECONDS = 0.25
+WAIT_POLL_SECONDS = 0.25  # the longest a waiting call sleeps between looks at its job
 HEAVY_READS_PER_TENANT = 1  # see HeavyReads
 MAX_WAIT_SECONDS = 3600.0  # a waiting call returns the current status after this long
 
@@ -192,16 +192,20 @@ async def _wait(
     re-run after a restart starts again from zero), and a finished job ends at 100.
     """
     reported = -1.0
+
+    def moved(job: JobSummary) -> bool:
+        return job.status.is_terminal or views.progress_percent(job) > reported
+
     with anyio.move_on_after(MAX_WAIT_SECONDS):
         while True:
-            job = await _call(service.summary, tenant, backtest_id)
+            # Woken by the store's write the moment the job moves on, not a poll's later tick.
+            job = await _call(service.wait, tenant, backtest_id, moved, WAIT_POLL_SECONDS)
             percent = 100.0 if job.status.is_terminal else views.progress_percent(job)
             if percent > reported:
                 reported = percent
                 await ctx.report_progress(percent, 100.0, _progress_message(job))
             if job.status.is_terminal:
                 return
-            await anyio.sleep(WAIT_POLL_SECONDS)
 
 
 def build_server(
@@ -667,7 +671,7 @@ def serve(
         ValueError: an unknown transport.
         InvalidRequest: HTTP without tokens, malformed tokens, or a misused opt-out; nothing
             was started.
-        sqlite3.Error: the job store cannot be opened.
+        sqlite3.Error | psycopg.Error: the job store cannot be opened.
     """
     if transport not in ("stdio", "http", "streamable-http"):
         raise ValueError(f"transport: must be stdio or http, not {transport!r}")

@@ -248,8 +248,8 @@ def _integrity_html(integrity: Integrity) -> str:
 def _trades_html(trades: list[dict[str, Any]]) -> str:
     if not trades:
         return "<h2>Trades</h2><p>No closed trade.</p>"
-    columns = ["entry_time", "exit_time", "direction", "size", "entry_price", "exit_price",
-               "pnl_net", "bars_held"]
+    columns = ["symbol", "entry_time", "exit_time", "direction", "size", "entry_price",
+               "exit_price", "pnl_net", "bars_held"]
     rows = ["<h2>Trades</h2>",
             f"<p>{len(trades)} closed trades" + (
                 f"; the first {MAX_TRADES_LISTED} are listed (trades.csv has all)"

@@ -15,7 +15,9 @@ Reading a file (CSV or Parquet, at most MAX_FILE_BYTES):
   value (month first when ambiguous, so prefer ISO dates). Time zones are dropped, keeping
   the wall-clock time. Timestamps are a bar's start, in whole seconds.
 - `open`, `high`, `low`, `close` are required. `volume` is required by the contract but a
-  file without it is accepted with volume 0 and a warning. Other columns are ignored.
+  file without it is accepted with volume 0 and a warning. An adjusted close (`Adj Close`,
+  `adj_close` or `adjclose`, as Yahoo's files have) is kept as `adj_close`, validated as the
+  prices are. Other columns are ignored.
 - CSV: the separator is `,`, `;` or a tab, whichever the header line has most of; UTF-8,
   with or without a BOM. A line whose used cells are all empty (a blank line) is skipped.
 
@@ -25,9 +27,15 @@ Places: in a CSV, `line N` is the physical line (the header is line 1) and `data
 the 1-based data row (header and blank lines not counted); in a Parquet file, `row M` is
 the 1-based row. `details` carry file, row, line (CSV only) and rule. Rules, in the order
 checked: required columns present; at least one data row; timestamps parse and are whole
-seconds; OHLC(V) present, numeric and finite; prices > 0; high >= max(open, close);
-low <= min(open, close); volume >= 0; timestamps strictly ascending (sorted, unique). A run
-also needs MIN_BARS bars in its date range.
+seconds; OHLC(V) and adj_close present, numeric and finite; prices and adj_close > 0;
+high >= max(open, close); low <= min(open, close); volume >= 0; timestamps strictly
+ascending (sorted, unique). A run also needs MIN_BARS bars in its date range.
+
+Adjusting (`config.adjust_prices`): each bar is adjusted by its adjusted close exactly as
+backtrader's `YahooFinanceCSVData` does with its defaults (`yahoo_adjusted`), before any
+resampling; a file without adjusted closes is then a data_error. Without the flag the bars
+are as the file has them. Either way `adj_close` stops here: the run's bars, and so the
+sandbox's data.csv, have only the six columns below.
 
 Resampling: when a run's timeframe has no file but a finer one does, the coarsest finer file
 that builds it exactly is resampled (a warning says so): intraday targets from timeframes
@@ -51,7 +59,9 @@ symbol alone.
 
 The normalised CSV (PROTOCOL.md): header `datetime,open,high,low,close,volume`, timestamps
 `YYYY-MM-DDTHH:MM:SS`, floats as Python's `repr` (the shortest text that round-trips),
-`\\n` line ends. Its SHA-256 is the data's content hash (results and the cache key).
+`\\n` line ends. Its SHA-256 is the data's content hash (results and the cache key). A
+catalog file written by `import_file` is that form, with a last column `adj_close` when the
+source had an adjusted close.
 """
 
 from __future__ import annotations
@@ -86,7 +96,13 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  # refuse to load anything bigger into the ho
 SUFFIXES = (".csv", ".parquet")  # in order of preference
 COLUMNS = ("open", "high", "low", "close", "volume")
 PRICES = ("open", "high", "low", "close")
-CSV_HEADER = "datetime," + ",".join(COLUMNS)
+ADJ_CLOSE = "adj_close"  # optional: the adjusted close of Yahoo-style files
+# How an adjusted close column may be named, as `_pick_columns` sees names (lower case).
+ADJ_CLOSE_NAMES = ("adj close", "adj_close", "adjclose")
+ADJUST_FIELD = "config.adjust_prices"
+# backtrader's YahooFinanceCSVData defaults: prices rounded to `decimals` (2) after adjusting,
+# volume to `roundvolume` (False, i.e. 0) decimals.
+YAHOO_PRICE_DECIMALS, YAHOO_VOLUME_DECIMALS = 2, 0
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
 # Resampling reads this far past end_date, so that the last W1/MN1 bin in range is complete.
 RESAMPLE_MARGIN = timedelta(days=32)
@@ -168,8 +184,9 @@ class _Table:
 def read_bars(path: Path, *, name: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Read and validate a whole CSV or Parquet bar file.
 
-    Returns the bars (indexed by `datetime`, float columns open high low close volume) and
-    warnings (e.g. a missing volume column). `name` is how messages call the file.
+    Returns the bars (indexed by `datetime`, float columns open high low close volume, and
+    adj_close when the file has an adjusted close) and warnings (e.g. a missing volume
+    column). `name` is how messages call the file.
 
     Raises:
         DataError: the file is missing, too big, unreadable, or breaks a rule (the message
@@ -271,7 +288,17 @@ def _pick_columns(names: list[str], name: str) -> dict[str, str]:
             file=name,
             rule="columns",
         )
-    return {key: found[key][0] for key in wanted}
+    picked = {key: found[key][0] for key in wanted}
+    adjusted = [actual for alias in ADJ_CLOSE_NAMES for actual in found.get(alias, [])]
+    if len(adjusted) > 1:
+        raise DataError(
+            f"{name}: columns {adjusted} are each an adjusted close; keep one",
+            file=name,
+            rule="columns",
+        )
+    if adjusted:
+        picked[ADJ_CLOSE] = adjusted[0]
+    return picked
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -369,8 +396,11 @@ def _number_column(table: _Table, column: str) -> FloatArray:
 
 def _check_prices(table: _Table, v: dict[str, FloatArray]) -> None:
     """Raises: DataError: a price <= 0, a high or low inside the body, a negative volume."""
-    for column in PRICES:
-        _fail(table, v[column] <= 0, "positive", f"{column} must be > 0, got {{x}}", x=v[column])
+    for column in (*PRICES, ADJ_CLOSE):
+        if column in v:  # adj_close is optional
+            _fail(
+                table, v[column] <= 0, "positive", f"{column} must be > 0, got {{x}}", x=v[column]
+            )
     top = np.maximum(v["open"], v["close"])
     bottom = np.minimum(v["open"], v["close"])
     _fail(
@@ -428,6 +458,8 @@ def _validate(table: _Table) -> tuple[pd.DataFrame, list[str]]:
         else:  # only volume can be missing: _pick_columns demands the prices
             values[column] = np.zeros(len(table.rows))
             notes.append(f"{table.name}: no volume column; volume set to 0")
+    if ADJ_CLOSE in table.rows:
+        values[ADJ_CLOSE] = _number_column(table, ADJ_CLOSE)
     _check_prices(table, values)
     _check_order(table, index)
     return pd.DataFrame(values, index=index), notes
@@ -569,12 +601,91 @@ def _iso(stamp: pd.Timestamp) -> str:
 
 
 def normalised_csv(frame: pd.DataFrame) -> bytes:
-    """The frame as PROTOCOL.md's data.csv; equal frames give equal bytes."""
+    """The frame as PROTOCOL.md's data.csv; equal frames give equal bytes. Only its six
+    columns: an `adj_close` of the frame is left out (it never reaches the sandbox)."""
+    return _csv(frame, COLUMNS)
+
+
+def catalog_csv(frame: pd.DataFrame) -> bytes:
+    """What `import_file` writes: `normalised_csv`, with `adj_close` last when the frame has
+    it (the file then reads back with it, for `config.adjust_prices`)."""
+    return _csv(frame, (*COLUMNS, ADJ_CLOSE) if ADJ_CLOSE in frame else COLUMNS)
+
+
+def _csv(frame: pd.DataFrame, names: tuple[str, ...]) -> bytes:
     stamps = pd.DatetimeIndex(frame.index).to_numpy().astype("datetime64[s]").astype(str)
     # repr() of a Python float is the shortest text that reads back as the same float.
-    columns = [map(repr, frame[c].to_numpy(dtype="float64").tolist()) for c in COLUMNS]
-    lines = [CSV_HEADER, *map(",".join, zip(stamps.tolist(), *columns, strict=True))]
+    columns = [map(repr, frame[c].to_numpy(dtype="float64").tolist()) for c in names]
+    header = ",".join(("datetime", *names))
+    lines = [header, *map(",".join, zip(stamps.tolist(), *columns, strict=True))]
     return ("\n".join(lines) + "\n").encode("ascii")
+
+
+# --- adjusted prices ---------------------------------------------------------------------
+
+
+def _rounded(values: FloatArray, decimals: int) -> FloatArray:
+    # Python's round (correctly rounded, half to even on the exact value), as backtrader
+    # rounds; numpy's round scales by 10**decimals first and differs on some values.
+    return np.array([round(x, decimals) for x in values.tolist()], dtype="float64")
+
+
+def yahoo_adjusted(frame: pd.DataFrame) -> pd.DataFrame:
+    """The bars adjusted by their `adj_close` exactly as backtrader's YahooFinanceCSVData
+    `_loadline` does with its defaults (adjclose, adjvolume, round with decimals=2,
+    roundvolume=False): factor = close / adj_close; open, high and low divided by it, close
+    = adj_close, the four rounded to 2 decimals; volume multiplied by it, rounded to whole
+    units. Same float operations in the same order, so the bars equal that feed's bit for bit.
+    Returns the six normalised columns (no adj_close)."""
+    v = {column: frame[column].to_numpy(dtype="float64") for column in (*COLUMNS, ADJ_CLOSE)}
+    factor = v["close"] / v[ADJ_CLOSE]
+    bars = {
+        "open": _rounded(v["open"] / factor, YAHOO_PRICE_DECIMALS),
+        "high": _rounded(v["high"] / factor, YAHOO_PRICE_DECIMALS),
+        "low": _rounded(v["low"] / factor, YAHOO_PRICE_DECIMALS),
+        "close": _rounded(v[ADJ_CLOSE], YAHOO_PRICE_DECIMALS),
+        "volume": _rounded(v["volume"] * factor, YAHOO_VOLUME_DECIMALS),
+    }
+    return pd.DataFrame(bars, index=frame.index)
+
+
+def _check_adjustable(frame: pd.DataFrame, config: BacktestConfig, name: str) -> None:
+    """Raises: DataError: adjust_prices is set and the file has no adjusted close."""
+    if config.adjust_prices and ADJ_CLOSE not in frame:
+        raise DataError(
+            f"{ADJUST_FIELD}: {name} has no adjusted close (a column Adj Close, adj_close or "
+            "adjclose; a file imported before adjusted closes were kept needs importing "
+            "again); import one that has it, or set adjust_prices to false",
+            field=ADJUST_FIELD,
+            rule="adj_close_required",
+            file=name,
+            symbol=config.symbol,
+        )
+
+
+def _as_run_sees(frame: pd.DataFrame, config: BacktestConfig, name: str) -> pd.DataFrame:
+    """The bars a run uses: adjusted when `config.adjust_prices` (checked adjustable), else
+    as read; the six normalised columns either way.
+
+    Raises:
+        DataError: an adjusted price rounds to 0 (backtrader would trade at 0).
+    """
+    if not config.adjust_prices:
+        return frame.drop(columns=ADJ_CLOSE) if ADJ_CLOSE in frame else frame
+    adjusted = yahoo_adjusted(frame)
+    zero = (adjusted[list(PRICES)] <= 0).any(axis=1).to_numpy()
+    if zero.any():
+        first = _iso(pd.DatetimeIndex(adjusted.index)[int(np.flatnonzero(zero)[0])])
+        raise DataError(
+            f"{ADJUST_FIELD}: {name} bar {first}: a price adjusted by its adjusted close and "
+            f"rounded to {YAHOO_PRICE_DECIMALS} decimals is 0 ({int(zero.sum())} bars); "
+            "set adjust_prices to false for this file",
+            field=ADJUST_FIELD,
+            rule="positive_after_adjustment",
+            file=name,
+            symbol=config.symbol,
+        )
+    return adjusted
 
 
 # --- what the catalog holds ---------------------------------------------------------------
@@ -720,12 +831,15 @@ def _from_file(
     if _file_identity(path) != identity:
         # Replaced while we read it: the bars may be either file's, so name neither.
         raise DataError(f"{name} changed while it was read; run again", file=name, rule="changed")
+    _check_adjustable(whole, config, name)
     frame = whole
-    if source_timeframe is not config.timeframe:
+    resampled = source_timeframe is not config.timeframe
+    if resampled:
         # A lead bar is a whole bin before the range: start the window a bin earlier.
         first = _clamp(config.start_date) - (RESAMPLE_MARGIN if lead else timedelta(0))
         window = cut(whole, first, _clamp(config.end_date) + RESAMPLE_MARGIN)
-        frame = resample(window, config.timeframe)
+        # Adjusted before resampling, bar by bar, as a resampled Yahoo feed is.
+        frame = resample(_as_run_sees(window, config, name), config.timeframe)
         notes.append(
             f"{config.symbol} {config.timeframe.name} resampled from "
             f"{source_timeframe.name} ({name})"
@@ -735,6 +849,8 @@ def _from_file(
     _enough(in_range, config, name, f"{name} holds {_iso(index[0])} to {_iso(index[-1])}")
     if lead:
         in_range = cut(frame, config.start_date, config.end_date, lead=lead)
+    if not resampled:  # adjusting bar by bar commutes with the cut: adjust only these
+        in_range = _as_run_sees(in_range, config, name)
     prepared = _prepared(config, in_range, "file", path, name, notes)
     return replace(prepared, identity=f"{identity}:{source_timeframe.name}")
 
@@ -742,7 +858,15 @@ def _from_file(
 def _synthetic(config: BacktestConfig, note: str) -> PreparedData:
     frame = synthetic_bars(config.symbol, config.timeframe, config.start_date, config.end_date)
     _enough(frame, config, None)
-    prepared = _prepared(config, frame, "synthetic", None, None, [note])
+    notes = [note]
+    if config.adjust_prices:
+        # Not an error: a random walk has no dividends or splits to adjust for, and `auto`
+        # falling back to synthetic bars must not fail on the flag alone.
+        notes.append(
+            f"{ADJUST_FIELD} ignored for {config.symbol}: synthetic bars have no adjusted "
+            "close; they are not adjusted"
+        )
+    prepared = _prepared(config, frame, "synthetic", None, None, notes)
     return replace(prepared, identity=SYNTHETIC_IDENTITY)
 
 
@@ -998,8 +1122,9 @@ def _write_atomic(target: Path, data: bytes) -> None:
 def import_file(src: Path, symbol: str, timeframe: Timeframe, data_dir: Path) -> Path:
     """Validate a whole bar file and add it to the catalog as `<SYMBOL>/<TF>.csv`.
 
-    The file is written normalised (PROTOCOL.md's data.csv form), atomically, replacing any
-    earlier CSV for the same symbol and timeframe. Warnings (e.g. no volume) are logged.
+    The file is written normalised (PROTOCOL.md's data.csv form, plus `adj_close` last when
+    the source has an adjusted close), atomically, replacing any earlier CSV for the same
+    symbol and timeframe. Warnings (e.g. no volume) are logged.
 
     Raises:
         InvalidRequest: the symbol is not letters, digits and _.
@@ -1020,5 +1145,5 @@ def import_file(src: Path, symbol: str, timeframe: Timeframe, data_dir: Path) ->
         )
     target = data_dir / symbol / f"{timeframe.name}.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(target, normalised_csv(frame))
+    _write_atomic(target, catalog_csv(frame))
     return target

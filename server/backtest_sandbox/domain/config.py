@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import analyzers as builtin_analyzers
 from .errors import InvalidRequest
 from .timeframes import Timeframe
 
@@ -34,6 +35,27 @@ MAX_EXTRA_SYMBOLS = 20  # more feeds per run (interface section 8)
 MAX_LEVERAGE = 100.0
 BUILTIN_SIZERS = ("fixed", "percent", "all_in")
 _CLASS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class AnalyzerSpec(BaseModel):
+    """One of Backtrader's built-in analyzers to add, as `cerebro.addanalyzer(cls, **params)`
+    (a bare name in the config is this with no params)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="a Backtrader analyzer class name, e.g. SharpeRatio")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="its params: booleans, finite numbers or null; timeframe by name (Days)",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> AnalyzerSpec:
+        if self.name not in builtin_analyzers.BUILTIN_ANALYZERS:
+            known = ", ".join(builtin_analyzers.BUILTIN_ANALYZERS)
+            raise ValueError(f"unknown analyzer {self.name!r}; the known ones are {known}")
+        builtin_analyzers.check_params(self.name, self.params)
+        return self
 
 
 class BacktestConfig(BaseModel):
@@ -94,6 +116,12 @@ class BacktestConfig(BaseModel):
     data_source: Literal["auto", "file", "synthetic"] = Field(
         "auto",
         description="auto (the catalog's file if there is one, else synthetic), file, synthetic",
+    )
+    adjust_prices: bool = Field(
+        False,
+        description="adjust every feed's bars by its file's adjusted close (Yahoo's Adj Close) "
+        "as backtrader's YahooFinanceCSVData does by default; a file without one is a "
+        "data_error; synthetic bars are left as they are (with a warning)",
     )
     # What people set in a script's main(), each mapped to Backtrader's own call (README
     # "Broker and sizer"); the verified referee is built with the same calls.
@@ -158,6 +186,15 @@ class BacktestConfig(BaseModel):
         "compared with the strategy (alpha, beta, correlation, information_ratio, "
         "tracking_error_pct)",
     )
+    analyzers: list[AnalyzerSpec] = Field(
+        default_factory=list,
+        max_length=builtin_analyzers.MAX_ANALYZERS,
+        description=f"at most {builtin_analyzers.MAX_ANALYZERS} of Backtrader's built-in "
+        "analyzers, none repeated, each a class name (SharpeRatio) or {name, params}: added "
+        "with cerebro.addanalyzer(cls, _name=name, **params); their get_analysis() comes back "
+        "in the result's analyzers, computed in the strategy's process (unverified). Known: "
+        + ", ".join(builtin_analyzers.BUILTIN_ANALYZERS),
+    )
 
     @field_validator("symbol", "benchmark")
     @classmethod
@@ -189,6 +226,26 @@ class BacktestConfig(BaseModel):
                 raise ValueError(f"item {index} ({symbol!r}) must be 1 to 32 letters, digits and _")
         if len(set(value)) != len(value):
             raise ValueError("must not repeat a symbol")
+        return value
+
+    @field_validator("analyzers", mode="before")
+    @classmethod
+    def _analyzer_names(cls, value: Any) -> Any:
+        # A bare name is the spec with no params.
+        if not isinstance(value, list):
+            return value
+        for index, item in enumerate(value):
+            if not isinstance(item, str | dict):
+                raise ValueError(f"item {index} must be an analyzer name or {{name, params}}")
+        return [{"name": item} if isinstance(item, str) else item for item in value]
+
+    @field_validator("analyzers")
+    @classmethod
+    def _analyzers_once(cls, value: list[AnalyzerSpec]) -> list[AnalyzerSpec]:
+        names = [spec.name for spec in value]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"item {index} repeats {name}: each analyzer at most once")
         return value
 
     @field_validator("timeframe", mode="before")
@@ -305,9 +362,7 @@ def config_rules() -> dict[str, str]:
 
 
 def _is_percent(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 100
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 100
 
 
 def _depth(value: Any, level: int = 1) -> int:

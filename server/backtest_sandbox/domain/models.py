@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,6 +105,13 @@ class BacktestResult(BaseModel):
     # after the last bar. Results stored before these existed have neither.
     order_log: list[dict[str, Any]] = Field(default_factory=list)
     open_positions: list[dict[str, Any]] = Field(default_factory=list)
+    # What the run's analyzers returned (config.analyzers and those the strategy registered
+    # itself), by name, and why any returned nothing. Computed in the strategy's process in
+    # both modes (the referee runs none): never verified, whatever `integrity` says.
+    analyzers: dict[str, Any] = Field(default_factory=dict)
+    analyzer_errors: dict[str, str] = Field(default_factory=dict)
+    analyzers_source: Literal["strategy_process"] | None = None  # None: no analyzer ran
+    analyzers_verified: bool = False
 
 
 class RunOutcome(BaseModel):

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # docs/interface.md section 6.
     data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "data")
     state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state"))
+    # The job store: empty keeps it in SQLite in state_dir (one machine); a postgresql:// URL
+    # puts it in that database, which several processes may share. Secret: it may hold a
+    # password.
+    database_url: SecretStr = SecretStr("")
     max_workers: int = Field(default_factory=default_workers, ge=1, le=64)
     runtime: Literal["auto", "runc", "runsc"] = "auto"
     pool_size: int | None = Field(None, ge=0, le=64)  # None: the worker count
@@ -71,6 +75,20 @@ class Settings(BaseSettings):
     # read in pages (orders) and from the CSV resources.
     max_full_read_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     allowed_hosts: str = ""  # extra Host header values for HTTP, comma-separated
+
+    # Past one machine (docs/SCALING.md): `local` runs jobs on threads of this server; with
+    # `temporal`, `serve` only starts one workflow per backtest and `backtest-sandbox worker`
+    # processes on the Docker hosts run them; the job store is then BACKTEST_DATABASE_URL's.
+    backend: Literal["local", "temporal"] = "local"
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "backtest-sandbox"
+    # A worker heartbeats every third of this; a run not heard of for this long is given to
+    # another worker, and its worker, if it is alive but cut off, kills the container itself.
+    temporal_heartbeat_seconds: float = Field(10.0, ge=1)
+    # How many times a run is started in all when its workers are lost (never for a run that
+    # ended, whatever its status: a strategy's fault is not retried).
+    temporal_max_attempts: int = Field(3, ge=1, le=10)
 
     # The runner image.
     image_repository: str = "backtest-sandbox-runner"
@@ -112,6 +130,15 @@ class Settings(BaseSettings):
     @classmethod
     def _docker_default_profile(cls, value: object) -> object:
         return None if value in ("", "docker-default") else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            # The value may hold a password: the message names the rule, never the value.
+            raise ValueError("must be empty (SQLite) or a postgresql:// URL")
+        return value
 
     @field_validator("data_dir", "state_dir", "cache_dir")
     @classmethod

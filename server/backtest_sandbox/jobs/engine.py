@@ -267,14 +267,15 @@ class Engine:
 
 
 def _claim_matches(claim: CompletedClaim, published: CompletedClaim, *, refused: bool) -> bool:
-    """Every number alike (the version string aside); == on the models, not on dumps of them:
-    a long run has tens of thousands of equity points.
+    """Every number alike (the version string and the analyzers aside); == on the models, not
+    on dumps of them: a long run has tens of thousands of equity points.
 
     When the trusted side refused events, the strategy's order log has orders the referee
     never placed (an order over its exposure cap: the strategy's own broker answered Margin):
     the logs then differ by design, and the rest must still be equal.
     """
-    ignored: dict[str, Any] = {"backtrader_version": ""}
+    # The referee runs no analyzer: the strategy's are reported apart, labelled unverified.
+    ignored: dict[str, Any] = {"backtrader_version": "", "analyzers": {}, "analyzer_errors": {}}
     if refused:
         ignored |= {"orders": [], "orders_total": 0}
     return claim.model_copy(update=ignored) == published.model_copy(update=ignored)
@@ -292,6 +293,13 @@ def _integrity_warnings(
             f"{published.final_value:.2f}, {len(published.trades)} and "
             f"{published.orders_total} from the same bars and the orders the strategy "
             "committed. The referee's numbers are the ones published"
+        )
+    if claim.analyzers or claim.analyzer_errors:
+        warnings.append(
+            "unverified_analyzers: the analyzers' results ("
+            + ", ".join([*claim.analyzers, *claim.analyzer_errors])
+            + ") were computed in the strategy's own process; a strategy can forge them; the "
+            "published metrics are the referee's"
         )
     if integrity.rejected_events:
         warnings.append(
@@ -313,6 +321,13 @@ def _result(
 ) -> BacktestResult:
     config = request.config
     trades = [trade.model_dump() for trade in claim.trades]
+    # The analyzers ran in the strategy's process: its claim has them, the referee's has none.
+    analyzed = verdict.claim if verdict.claim is not None else claim
+    if analyzed.analyzer_errors:
+        warnings.append(
+            f"analyzer_errors: {len(analyzed.analyzer_errors)} analyzer(s) returned no result "
+            f"({', '.join(analyzed.analyzer_errors)}); analyzer_errors says why"
+        )
     if claim.open_trades:
         warnings.append(
             f"{claim.open_trades} trade(s) still open at the end are not in trade_log "
@@ -357,6 +372,12 @@ def _result(
         ),
         warnings=warnings,
         integrity=integrity,
+        analyzers=analyzed.analyzers,
+        analyzer_errors=analyzed.analyzer_errors,
+        analyzers_source=(
+            "strategy_process" if analyzed.analyzers or analyzed.analyzer_errors else None
+        ),
+        analyzers_verified=False,
     )
 
 
@@ -397,6 +418,7 @@ def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]
         "filename": STRATEGY_FILENAME,
         "params": config.params,
         "broker": _broker(config),
+        "analyzers": [spec.model_dump() for spec in config.analyzers],
         "data": bars,
     }
 

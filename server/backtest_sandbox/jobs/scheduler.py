@@ -23,7 +23,7 @@ from backtest_sandbox.sandbox.runner import ProgressCallback
 from . import audit
 from .engine import RunRequest
 from .results import ResultFiles
-from .store import Job, JobStore, StoredResult
+from .store import Job, JobStore, NewJob, StoredResult
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,24 @@ class EngineLike(Protocol):
     def close(self) -> None: ...
 
 
+class Dispatcher(Protocol):
+    """What the service needs of whatever runs its queued jobs: the `Scheduler`'s threads
+    here (BACKTEST_BACKEND=local), or Temporal's workers (temporal_dispatch.py)."""
+
+    @property
+    def workers(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 30.0) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def submitted(self, job: NewJob) -> None: ...
+
+    def cancel(self, job_id: str) -> bool: ...
+
+
 def outcome_is_cacheable(outcome: RunOutcome) -> bool:
     if outcome.status is JobStatus.COMPLETED:
         return outcome.result is not None
@@ -70,13 +88,13 @@ def outcome_is_cacheable(outcome: RunOutcome) -> bool:
     )
 
 
-def _internal_failure(message: str) -> RunOutcome:
+def internal_failure(message: str) -> RunOutcome:
     return RunOutcome(
         status=JobStatus.FAILED, error=RunError(type=ErrorType.SANDBOX_ERROR, message=message)
     )
 
 
-class _ProgressWriter:
+class ProgressWriter:
     """Stores a job's progress, throttled: Backtrader reports far more often than anyone polls."""
 
     def __init__(self, store: JobStore, job_id: str, clock: Callable[[], float]) -> None:
@@ -147,6 +165,10 @@ class Scheduler:
             ]
         for thread in self._threads:
             thread.start()
+
+    def submitted(self, job: NewJob) -> None:
+        """A job was queued: the workers claim it from the store."""
+        self.wake()
 
     def wake(self) -> None:
         """Tell idle workers that a job was queued."""
@@ -239,16 +261,16 @@ class Scheduler:
             )
         except (ValidationError, InvalidRequest) as e:
             # Written by an older server whose config rules have since changed.
-            self._record(job, _internal_failure(f"the stored config is no longer valid: {e}"))
+            self._record(job, internal_failure(f"the stored config is no longer valid: {e}"))
             return
-        progress = _ProgressWriter(self._store, job.id, self._clock)
+        progress = ProgressWriter(self._store, job.id, self._clock)
         try:
             outcome = self._engine.run(request, cancel=cancel, on_progress=progress)
         except Exception as e:
             # Top of a worker thread: the engine promises not to raise, but if a bug makes it,
             # the job must still end and the worker must live on.
             logger.exception("the engine raised on %s", job.id)
-            outcome = _internal_failure(f"internal error: {type(e).__name__}")
+            outcome = internal_failure(f"internal error: {type(e).__name__}")
         with self._cond:
             stopping = self._stopping
         if (
@@ -263,32 +285,47 @@ class Scheduler:
         self._record(job, outcome)
 
     def _record(self, job: Job, outcome: RunOutcome) -> None:
-        # The result's files first, outside any transaction; then one short transaction
-        # that flips the status and takes the references.
-        stored = None
-        if outcome.result is not None:
-            stored = StoredResult(*self._results.write(outcome.result))
-        error_json = outcome.error.model_dump_json() if outcome.error is not None else None
-        cache_key = outcome.cache_key if outcome_is_cacheable(outcome) else None
-        recorded, unreferenced = self._store.finish(
-            job.id,
-            outcome.status,
-            result=stored,
-            error_json=error_json,
-            cache_key=cache_key,
-            cache_max_entries=self._cache_max_entries,
-        )
-        for digest in unreferenced:
-            self._results.remove(digest)
-        if recorded:
+        if record_outcome(self._store, self._results, job, outcome, self._cache_max_entries):
             self._on_change(job.id)
-        audit.record(
-            "finish",
-            job.tenant,
-            job.id,
-            audit.code_sha256(job.code),
-            # Not recorded: cancelled or deleted while it ran, and that decision stands.
-            status=outcome.status.value if recorded else "discarded",
-            error_type=None if outcome.error is None else outcome.error.type.value,
-            seconds=round(outcome.execution_time_seconds, 3),
-        )
+
+
+def record_outcome(
+    store: JobStore,
+    results: ResultFiles,
+    job: Job,
+    outcome: RunOutcome,
+    cache_max_entries: int | None,
+) -> bool:
+    """Store a run's outcome (and its result) and leave its audit line; whether it was
+    recorded (not when the job was cancelled or deleted while it ran).
+
+    Shared by the scheduler's threads and the Temporal workers (temporal_worker.py).
+    """
+    # The result's files first, outside any transaction; then one short transaction
+    # that flips the status and takes the references.
+    stored = None
+    if outcome.result is not None:
+        stored = StoredResult(*results.write(outcome.result))
+    error_json = outcome.error.model_dump_json() if outcome.error is not None else None
+    cache_key = outcome.cache_key if outcome_is_cacheable(outcome) else None
+    recorded, unreferenced = store.finish(
+        job.id,
+        outcome.status,
+        result=stored,
+        error_json=error_json,
+        cache_key=cache_key,
+        cache_max_entries=cache_max_entries,
+    )
+    for digest in unreferenced:
+        results.remove(digest)
+    audit.record(
+        "finish",
+        job.tenant,
+        job.id,
+        audit.code_sha256(job.code),
+        # Not recorded: cancelled or deleted while it ran, and that decision stands.
+        status=outcome.status.value if recorded else "discarded",
+        error_type=None if outcome.error is None else outcome.error.type.value,
+        seconds=round(outcome.execution_time_seconds, 3),
+    )
+    return recorded

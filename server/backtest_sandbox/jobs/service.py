@@ -43,8 +43,8 @@ from backtest_sandbox.domain.sweep import parse_sweep
 from . import audit, sweeps, views
 from .engine import RunRequest
 from .results import ResultFiles
-from .scheduler import EngineLike, Scheduler
-from .store import Job, JobStore, JobSummary, Limits, NewJob, Recovery, StoredResult
+from .scheduler import Dispatcher, EngineLike, Scheduler
+from .store import Job, JobStore, JobSummary, Limits, NewJob, Recovery, StoredResult, open_store
 from .sweeps import SweepStatus, SweepSubmitResponse
 
 logger = logging.getLogger(__name__)
@@ -90,15 +90,15 @@ class BacktestService:
     """The job service over one store, one scheduler and one engine. Thread-safe."""
 
     def __init__(self, settings: Settings, engine: EngineLike, store: JobStore | None = None):
-        """Open the job store in `settings.state_dir`; nothing runs before `start`.
+        """Open the settings' job store (`open_store`); nothing runs before `start`.
 
         Raises:
-            sqlite3.Error: the store cannot be opened.
+            sqlite3.Error | psycopg.Error: the store cannot be opened.
         """
         self.settings = settings
         self._engine = engine
         self._listeners: list[Callable[[str], None]] = []
-        self._store = store or JobStore(settings.state_dir / "jobs.sqlite3")
+        self._store = store or open_store(settings)
         self._results = ResultFiles(settings.state_dir / "results")
         self._limits = Limits(
             max_queued=settings.tenant_max_queued,
@@ -106,7 +106,7 @@ class BacktestService:
             max_stored_jobs=settings.tenant_max_stored_jobs,
             max_stored_bytes=settings.tenant_max_stored_bytes,
         )
-        self._scheduler = Scheduler(
+        self._scheduler: Dispatcher = self._dispatcher(settings) or Scheduler(
             self._store,
             engine,
             self._results,
@@ -126,6 +126,16 @@ class BacktestService:
         self._catalog_known: dict[str, catalog.Dataset | None] = {}
         self._catalog_lock = threading.Lock()
 
+    @staticmethod
+    def _dispatcher(settings: Settings) -> Dispatcher | None:
+        """Temporal's workers when the settings name that backend (None: the local threads)."""
+        if settings.backend != "temporal":
+            return None
+        # Imported here: temporalio is loaded only by those who use it.
+        from .temporal_dispatch import TemporalDispatcher
+
+        return TemporalDispatcher(settings)
+
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self) -> Recovery:
@@ -134,7 +144,15 @@ class BacktestService:
         Containers of a dead process are removed first (an unreachable daemon is logged: its
         jobs will fail with sandbox_error). Jobs found running were interrupted: each runs
         once more, and fails with sandbox_error if it is interrupted again.
+
+        With the temporal backend, this server owns neither containers nor running jobs (the
+        workers do, and Temporal retries their runs): there is nothing to recover here.
         """
+        if self.settings.backend == "temporal":
+            self.maintain()
+            self._scheduler.start()
+            self._maintenance.start()
+            return Recovery(requeued=0, failed=0, queued=0)
         try:
             removed = self._engine.remove_orphans()
         except BacktestSandboxError as e:
@@ -282,8 +300,21 @@ class BacktestService:
         if hit is not None:
             return hit
         self._store.insert(job, self._limits)
-        self._scheduler.wake()
+        self._dispatch(job)
         return views.SubmitResponse(backtest_id=job.id, status=JobStatus.QUEUED, cached=False)
+
+    def _dispatch(self, job: NewJob) -> None:
+        """Hand a queued job to whatever runs jobs.
+
+        Raises:
+            SandboxError: it could not be handed over (Temporal unreachable); the job is
+                deleted again, so that nothing waits for ever for a run that never starts.
+        """
+        try:
+            self._scheduler.submitted(job)
+        except BacktestSandboxError:
+            self._store.delete(job.tenant, job.id)
+            raise
 
     def _cache_key(self, request: RunRequest) -> str | None:
         try:
@@ -390,6 +421,12 @@ class BacktestService:
         constraints: Any,
         oos_start: Any,
     ) -> SweepSubmitResponse:
+        if self.settings.backend == "temporal":
+            # The sweep's coordinator follows its runs on this server's threads; with Temporal
+            # it would have to be a workflow of its own (docs/SCALING.md, "Not yet").
+            raise InvalidRequest(
+                "grid", "parameter sweeps run with BACKTEST_BACKEND=local only, for now"
+            )
         code = check_code(code_content, self.settings.max_code_bytes)
         lang = check_language(language)
         base = parse_config(
@@ -783,7 +820,8 @@ class BacktestService:
             audit.record("cancel", tenant, backtest_id, code, status="not_found")
             raise
         before, now = change
-        if before is JobStatus.RUNNING:
+        waiting_workflow = before is JobStatus.QUEUED and self.settings.backend == "temporal"
+        if before is JobStatus.RUNNING or waiting_workflow:
             self._cancel_running(job)
         audit.record("cancel", tenant, job.id, code, before=before.value, status=now.value)
         if now is not before:

@@ -8,6 +8,7 @@ paged by `read_backtest_orders`) and the logs to their tail. `full=True` asks fo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,6 +33,8 @@ from .store import JobSummary
 INLINE_EQUITY_POINTS = 100
 INLINE_TRADES = 20  # the last ones
 INLINE_LOG_CHARS = 2000  # the tail
+INLINE_ANALYZERS_BYTES = 3 * 1024  # analyzers' values, as compact JSON; the rest are named
+INLINE_ANALYZER_ERROR_CHARS = 200
 ORDERS_PAGE_MAX = 500
 
 ChartName = Literal["equity", "drawdown"]
@@ -88,6 +91,26 @@ class ResultView(BaseModel):
     provenance: Provenance
     warnings: list[str]
     integrity: Integrity = Field(default_factory=Integrity)  # stored before: fast
+    analyzers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="get_analysis() of each analyzer the run added (config.analyzers, and "
+        "those the strategy registered), by name, as JSON; computed in the strategy's "
+        "process, so unverified; without full=true only those that fit a few KiB",
+    )
+    analyzers_omitted: list[str] = Field(
+        default_factory=list,
+        description="analyzers whose values this compact answer leaves out (full=true has them)",
+    )
+    analyzer_errors: dict[str, str] = Field(
+        default_factory=dict,
+        description="analyzers that returned no value, and why (raised, too large, ...)",
+    )
+    analyzers_source: Literal["strategy_process"] | None = Field(
+        None, description="where the analyzers ran; null when none did"
+    )
+    analyzers_verified: bool = Field(
+        False, description="always false: no referee recomputes an analyzer"
+    )
     cached: bool = False
     chart: ChartSeries | None = None
 
@@ -316,11 +339,46 @@ def result_view(
         provenance=result.provenance,
         warnings=result.warnings,
         integrity=result.integrity,
+        **_analyzers_view(result, full),
         cached=cached,
         chart=None
         if chart is None
         else chart_series(result, chart, max_points=None if full else INLINE_EQUITY_POINTS),
     )
+
+
+def _analyzers_view(result: BacktestResult, full: bool) -> dict[str, Any]:
+    """The analyzers' fields of a view: all of them when `full`; else, in order, the values
+    and then the errors (cut short) that fit INLINE_ANALYZERS_BYTES together, the others
+    named in `analyzers_omitted`."""
+    if full:
+        shown, errors, omitted = dict(result.analyzers), dict(result.analyzer_errors), []
+    else:
+        shown, left = _fitting(result.analyzers, INLINE_ANALYZERS_BYTES)
+        cut = {
+            name: text[:INLINE_ANALYZER_ERROR_CHARS]
+            for name, text in result.analyzer_errors.items()
+        }
+        errors, _ = _fitting(cut, left)
+        omitted = [name for name in [*result.analyzers, *cut] if name not in shown | errors]
+    return {
+        "analyzers": shown,
+        "analyzers_omitted": omitted,
+        "analyzer_errors": errors,
+        "analyzers_source": result.analyzers_source,
+        "analyzers_verified": result.analyzers_verified,
+    }
+
+
+def _fitting(entries: dict[str, Any], budget: int) -> tuple[dict[str, Any], int]:
+    """The entries, in order, whose compact JSON fits in `budget` bytes, and what is left."""
+    kept = {}
+    for name, value in entries.items():
+        size = len(name) + len(json.dumps(value, separators=(",", ":")))
+        if size <= budget:
+            kept[name] = value
+            budget -= size
+    return kept, budget
 
 
 def load_error(job: JobSummary) -> RunError | None:

@@ -11,7 +11,15 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
 
 # Strict scalars (no "1.5" -> 1.5 coercion), inside lax containers so JSON lists fit tuples.
 MAX_TEXT = 16 * 1024
@@ -35,6 +43,54 @@ ExecType = Literal[
 # [status, bar stamp], or with what has executed so far: [..., filled, average price, commission]
 OrderEvent = tuple[OrderStatus, Timestamp] | tuple[OrderStatus, Timestamp, Finite, Finite, Finite]
 
+# The analyzers' results, as runner_image/analyses.py bounds them (PROTOCOL.md "analyzers").
+MAX_ANALYZERS = 64
+MAX_ANALYSIS_DEPTH = 32  # containers nested in one value
+MAX_ANALYSIS_BYTES = 256 * 1024  # one value, as compact JSON
+MAX_ANALYSES_BYTES = 1024 * 1024  # all of them
+MAX_ANALYSIS_KEY = 256
+_MAX_INT = 2**63 - 1
+
+
+def _plain_json(value: Any) -> Any:
+    """`value` if it is JSON within the analyzers' bounds (walked without recursion: its
+    depth is what is being checked).
+
+    Raises:
+        ValueError: naming the first rule broken.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_ANALYSIS_DEPTH:
+                raise ValueError(f"nested more than {MAX_ANALYSIS_DEPTH} levels deep")
+            if isinstance(item, dict):
+                if any(len(key) > MAX_ANALYSIS_KEY for key in item):
+                    raise ValueError(f"a key longer than {MAX_ANALYSIS_KEY} characters")
+                item = list(item.values())
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            if len(item) > MAX_TEXT:
+                raise ValueError(f"a string longer than {MAX_TEXT} characters")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -_MAX_INT <= item <= _MAX_INT:
+                raise ValueError("an integer beyond 64 bits")
+        elif not (item is None or isinstance(item, bool | float)):  # floats parse finite
+            raise ValueError(f"not JSON: {type(item).__name__}")
+    if _json_size(value) > MAX_ANALYSIS_BYTES:
+        raise ValueError(f"over {MAX_ANALYSIS_BYTES} bytes of JSON")
+    return value
+
+
+def _json_size(value: Any) -> int:
+    """Compact JSON's length, as the harness measures it (ASCII: characters are bytes)."""
+    return len(json.dumps(value, allow_nan=False, separators=(",", ":")))
+
+
+AnalyzerName = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ANALYSIS_KEY)]
+Analysis = Annotated[Any, AfterValidator(_plain_json)]
+
 
 class InvalidClaim(ValueError):
     """The result breaks the protocol; the message says how (it goes into the error details)."""
@@ -45,6 +101,7 @@ class _Strict(BaseModel):
 
 
 class TradeRecord(_Strict):
+    symbol: ShortText  # the feed's name (PROTOCOL.md "trades")
     entry_time: Timestamp
     exit_time: Timestamp
     direction: Literal["long", "short"]
@@ -113,6 +170,10 @@ class CompletedClaim(_Strict):
     orders: Annotated[list[OrderRecord], Field(max_length=MAX_ORDERS)]
     orders_total: Count
     open_positions: Annotated[list[OpenPosition], Field(max_length=MAX_OPEN_POSITIONS)]
+    # What the analyzers registered with the strategy returned, and why others returned
+    # nothing (both empty from the referee, which runs none).
+    analyzers: Annotated[dict[AnalyzerName, Analysis], Field(max_length=MAX_ANALYZERS)] = {}
+    analyzer_errors: Annotated[dict[AnalyzerName, Text], Field(max_length=MAX_ANALYZERS)] = {}
 
 
 class FailedClaim(_Strict):
@@ -185,6 +246,7 @@ def parse_claim(raw: bytes, *, expected_bars: int) -> Claim:
         if report.bars_in_market > report.bars:
             raise InvalidClaim("bars_in_market exceeds bars")
         _check_orders(report)
+        _check_analyzers(report)
     return report
 
 
@@ -199,3 +261,14 @@ def _check_orders(report: CompletedClaim) -> None:
         raise InvalidClaim(
             f"orders_total: must be at least the {len(report.orders)} orders recorded"
         )
+
+
+def _check_analyzers(report: CompletedClaim) -> None:
+    """Each analyzer once, with a value or an error; their JSON within the run's bound."""
+    both = report.analyzers.keys() & report.analyzer_errors.keys()
+    if both:
+        raise InvalidClaim(f"analyzer_errors: {sorted(both)[0]!r} also has a value in analyzers")
+    if len(report.analyzers) + len(report.analyzer_errors) > MAX_ANALYZERS:
+        raise InvalidClaim(f"analyzers: more than {MAX_ANALYZERS} with analyzer_errors")
+    if sum(map(_json_size, report.analyzers.values())) > MAX_ANALYSES_BYTES:
+        raise InvalidClaim(f"analyzers: over {MAX_ANALYSES_BYTES} bytes of JSON together")
