@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
+import backtrader as bt
 import numpy as np  # Backtrader's pandas brings it, in the image and for the referee
 
 MAX_ANALYZERS = 64  # reported per run (a config adds at most 20; the strategy the rest)
@@ -73,6 +75,34 @@ def collect(strategy: Any, exclude: str) -> tuple[dict[str, Any], dict[str, str]
         total += size
         values[name] = value
     return values, errors
+
+
+def failure_hint(exc: BaseException, configured: list[dict[str, Any]]) -> str | None:
+    """One line on what to change when `exc` was raised by the code of one of Backtrader's
+    own analyzers (a param it cannot work with), or None.
+
+    The analyzer is the outermost one on the stack (SharpeRatio, not the TimeReturn it runs
+    inside itself); the exception must have been raised in Backtrader's code, not the user's.
+    """
+    found, innermost = None, None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = type(tb.tb_frame.f_locals.get("self"))  # type(): no user code runs
+        if found is None and issubclass(owner, bt.Analyzer):
+            found = owner
+        innermost = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if found is None or innermost is None or not innermost.startswith(_BACKTRADER_DIR):
+        return None
+    if not found.__module__.startswith("backtrader."):
+        return None
+    where = f"raised inside Backtrader's {found.__name__} analyzer"
+    if any(spec.get("name") == found.__name__ for spec in configured):
+        return f"{where}: change or drop its params in config.analyzers"
+    return f"{where}, which the strategy registers"
+
+
+_BACKTRADER_DIR = os.path.dirname(bt.__file__) + os.sep
 
 
 def json_size(value: Any) -> int:

@@ -30,6 +30,7 @@ compat.apply()  # before backtrader is imported (see compat.py)
 
 import backtrader as bt  # noqa: E402
 
+import analyses  # noqa: E402
 import backtest  # noqa: E402
 import datafeed  # noqa: E402
 import discovery  # noqa: E402
@@ -121,6 +122,7 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
     progress = recorder.Progress(_open_existing(os.path.join(out_dir, "progress")), data["bars"])
     filename = spec.get("filename") or DEFAULT_FILENAME
     load = friendly.CerebroWatch()
+    analyzers = spec.get("analyzers") or []
     try:
         strategy = run_strategy(
             cerebro,
@@ -130,7 +132,7 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
             spec["broker"],
             progress,
             load,
-            spec.get("analyzers") or [],
+            analyzers,
         )
     except (discovery.StrategyDiscoveryError, backtest.SizerError) as exc:
         result = failure.error_result(
@@ -142,7 +144,7 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
         if _raised_by_harness(exc):
             raise
         error = failure.error_info(exc, filename)
-        advice = friendly.hint(exc, load)
+        advice = friendly.hint(exc, load) or analyses.failure_hint(exc, analyzers)
         if is_verified and verified.is_lookahead(exc):
             advice = verified.LOOKAHEAD_HINT
         if advice is not None:

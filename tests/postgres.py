@@ -209,7 +209,7 @@ def database(admin: str) -> Iterator[str]:
 
 def empty(url: str) -> str:
     """Empty the database of `url` for the next test, as if new: every table goes (a test
-    starts on no schema at all) and any connection a failed test left open is ended. Ten times
+    starts on no schema at all) and any connection a failed test left open is ended. Several times
     quicker than a new database (which copies a template and checkpoints)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import DOCKER
+from tests.conftest import CATALOG_FILES, DOCKER, SHARED_DATA
 
 pytestmark = DOCKER
 
@@ -149,7 +149,37 @@ def equity_figures(curve: pd.Series, capital: float, periods: float, in_market: 
         "calmar_ratio": divide(defined(cagr), depth),
         "exposure_pct": in_market / bars * 100,
         "bars": bars,
+        "probabilistic_sharpe_ratio": probabilistic_sharpe(returns),
     }
+
+
+def probabilistic_sharpe(returns: pd.Series) -> float | None:
+    """PSR against 0 (Bailey and Lopez de Prado, 2012): the per-bar Sharpe ratio, skewness and
+    kurtosis as population moments, Phi from math.erf."""
+    spread = returns.std()
+    if len(returns) < 2 or spread == 0:
+        return None
+    sharpe = returns.mean() / spread
+    centred = returns - returns.mean()
+    sigma = np.sqrt((centred**2).mean())
+    skew, kurtosis = (centred**3).mean() / sigma**3, (centred**4).mean() / sigma**4
+    z = sharpe * math.sqrt(len(returns) - 1) / math.sqrt(
+        1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
+    )
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def buy_and_hold_pct(result: dict, symbol: str) -> float:
+    """Bought at the first bar's close, sold at the last's, from the raw daily file: a bar's
+    close is the last daily close before the next bar starts (weeks resampled from days)."""
+    raw = pd.read_csv(SHARED_DATA / CATALOG_FILES[(symbol, "D1")], parse_dates=["Date"])
+    closes = raw.set_index("Date")["Close"]
+    stamps = [pd.Timestamp(point["timestamp"]) for point in result["equity_curve"]]
+    first = closes[closes.index < stamps[1]].iloc[-1]
+    last = closes[closes.index <= pd.Timestamp(result["data"]["last"])].iloc[-1]
+    if len(stamps) > 1 and stamps[1] - stamps[0] > pd.Timedelta(days=3):  # weekly bars
+        last = closes[closes.index < stamps[-1] + pd.Timedelta(days=7)].iloc[-1]
+    return (last / first - 1) * 100
 
 
 def trade_figures(trades: pd.DataFrame) -> dict:
@@ -180,7 +210,10 @@ def trade_figures(trades: pd.DataFrame) -> dict:
     }
 
 
-def expected_metrics(result: dict, capital: float, timeframe: str) -> dict:
+BENCHMARK_FIGURES = ("alpha", "beta", "correlation", "information_ratio", "tracking_error_pct")
+
+
+def expected_metrics(result: dict, capital: float, timeframe: str, symbol: str) -> dict:
     curve = pd.Series([point["value"] for point in result["equity_curve"]], dtype="float64")
     trades = pd.DataFrame(result["trade_log"])
     # Bars at whose close a position was open: with the strategies here (flat at the end, one
@@ -189,7 +222,9 @@ def expected_metrics(result: dict, capital: float, timeframe: str) -> dict:
     return {
         **equity_figures(curve, capital, PERIODS_PER_YEAR[timeframe], in_market),
         **trade_figures(trades),
-    }
+        "buy_and_hold_return_pct": buy_and_hold_pct(result, symbol),
+        **dict.fromkeys(BENCHMARK_FIGURES),  # no benchmark: tests/integration/
+    }  # test_several_feeds_e2e.py checks them against pandas with one
 
 
 def assert_metrics_equal(got: dict, want: dict) -> None:
@@ -220,7 +255,10 @@ def test_every_metric_matches_an_independent_computation(name, cli, write_strate
     assert metrics["max_drawdown_pct"] > 0
 
     assert_metrics_equal(
-        metrics, expected_metrics(result, config["initial_capital"], config["timeframe"])
+        metrics,
+        expected_metrics(
+            result, config["initial_capital"], config["timeframe"], config["symbol"]
+        ),
     )
 
     # Accounting identities the figures rest on.
@@ -240,7 +278,9 @@ def test_no_trades_gives_null_for_the_undefined_figures(cli, write_strategy, tmp
     metrics = result["metrics"]
 
     assert result["trade_log"] == []
-    assert_metrics_equal(metrics, expected_metrics(result, config["initial_capital"], "D1"))
+    assert_metrics_equal(
+        metrics, expected_metrics(result, config["initial_capital"], "D1", config["symbol"])
+    )
     undefined = [
         "sharpe_ratio",  # flat equity: std of returns is 0
         "sortino_ratio",  # no losing bar

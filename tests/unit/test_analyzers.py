@@ -304,6 +304,20 @@ def test_an_analysis_that_always_raises_fails_the_run_as_at_home(tmp_path: Path)
     assert "in get_analysis" in result["error"]["traceback"]
 
 
+def test_a_builtin_analyzer_that_fails_on_its_params_is_named(tmp_path: Path) -> None:
+    """VWR with sdev_max 0 divides by zero in Backtrader's own code, as it does at home; the
+    message says which analyzer and where to change it."""
+    specs = [{"name": "VWR", "params": {"sdev_max": 0}}]
+    job, result, _ = harness_run(tmp_path, SMA_CROSS, specs, DAILY_2006, SMA_PARAMS)
+    with pytest.raises(ZeroDivisionError):
+        plain_analyses(job, SMA_CROSS, SMA_PARAMS, COSTLY, specs)
+    assert result["outcome"] == "runtime_error"
+    assert result["error"]["message"] == (
+        "float division by zero: raised inside Backtrader's VWR analyzer: change or drop its "
+        "params in config.analyzers"
+    )
+
+
 # --- what the host accepts --------------------------------------------------------------------
 
 CLAIM = {
@@ -406,3 +420,20 @@ def test_the_compact_view_stays_small_whatever_the_strategy_registers() -> None:
     assert len(compact.analyzers_omitted) == 64 - len(compact.analyzers) - len(
         compact.analyzer_errors
     )
+
+
+def test_the_declared_config_schema_takes_both_spellings_and_has_no_dangling_refs() -> None:
+    """Tools nest the config's schema in their input schema: a `$ref` would dangle there."""
+    import jsonschema
+
+    from backtest_sandbox.api.config_document import config_input_schema
+
+    schema = config_input_schema()
+    assert "$ref" not in json.dumps(schema)
+    base = {"symbol": "ORCL", "timeframe": "D1", "start_date": "2006-01-01",
+            "end_date": "2007-01-01"}  # fmt: skip
+    good = ["SQN", {"name": "TimeReturn", "params": {"timeframe": "Months"}}]
+    jsonschema.validate({**base, "analyzers": good}, schema)
+    for bad in (["Sharpe"], [{"name": "SQN", "colour": 1}], [{"params": {}}]):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**base, "analyzers": bad}, schema)

@@ -17,6 +17,7 @@ from backtest_sandbox.domain.models import JobStatus
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.jobs import views
 from backtest_sandbox.jobs.service import BacktestService
+from tests.conftest import BOTH_STORES
 from tests.unit.fake_engine import FakeEngine, config, make_result
 
 CODE = "import backtrader as bt\nclass S(bt.Strategy):\n    pass\n"
@@ -24,12 +25,19 @@ WAIT = 30.0
 
 
 @pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., BacktestService]]:
+def make_service(tmp_path: Path, database_url: str) -> Iterator[Callable[..., BacktestService]]:
+    """Services on the test's job store: SQLite, or PostgreSQL in a BOTH_STORES test's
+    second run (its results then live in the database too)."""
     started: list[BacktestService] = []
 
     def make(**settings: object) -> BacktestService:
         service = BacktestService(
-            Settings(state_dir=tmp_path / "state", data_dir=tmp_path / "data", **settings),
+            Settings(
+                state_dir=tmp_path / "state",
+                data_dir=tmp_path / "data",
+                database_url=database_url,
+                **settings,
+            ),
             FakeEngine(),
         )
         service.start()
@@ -90,7 +98,9 @@ def test_status_and_pages_cost_the_same_whatever_the_size(
     assert status.result.trade_log[-1]["pnl"] == 49_999.0  # the last trades
     page = service.orders("local", big, start=49_990, end=50_100)
     assert ([o["pnl"] for o in page.orders], page.total, page.next_start) == (
-        [float(n) for n in range(49_990, 50_000)], 50_000, None,
+        [float(n) for n in range(49_990, 50_000)],
+        50_000,
+        None,
     )
     series, drawn = service.chart("local", big, "equity")
     assert (len(series.points), len(drawn.points), series.points_total) == (100, 2000, 200_000)
@@ -132,18 +142,20 @@ def test_a_syntax_error_is_refused_at_submit_without_running(
     assert service._engine.runs == []  # type: ignore[attr-defined]
 
 
+@BOTH_STORES
 def test_deleting_the_last_reference_removes_the_files(
-    make_service: Callable[..., BacktestService], tmp_path: Path
+    make_service: Callable[..., BacktestService],
 ) -> None:
     service = make_service()
     first = run(service)
     hit = service.submit("local", CODE, "python", config()).backtest_id
-    results = tmp_path / "state" / "results"
-    assert len(list(results.iterdir())) == 1
+    stored = service._results.blobs.list  # the results directory, or PostgreSQL's rows
+    assert len(stored()) == 1
     service.delete("local", first)
-    assert len(list(results.iterdir())) == 1  # the hit still refers to it
+    assert len(stored()) == 1  # the hit still refers to it
+    assert service.status("local", hit).result is not None
     service.delete("local", hit)
-    assert list(results.iterdir()) == []
+    assert stored() == []
 
 
 V1_SCHEMA = """
@@ -200,6 +212,7 @@ def test_a_cursor_tells_nothing_of_other_tenants(
     assert (stats.running, stats.workers_busy) == (0, 0)
 
 
+@BOTH_STORES
 def test_a_chart_is_drawn_once_and_kept(make_service: Callable[..., BacktestService]) -> None:
     service = make_service()
     backtest_id = run(service, CODE + "# bars: 5000\n")

@@ -34,8 +34,8 @@ def config_input_schema() -> dict[str, Any]:
     pydantic describes the timeframe as its integer codes only, but names are accepted too;
     and a `$ref` into `$defs` would dangle once the schema is nested in a tool's input schema.
     """
-    schema = BacktestConfig.model_json_schema()
-    schema = _inlined(schema, schema.pop("$defs", {}))
+    generated = BacktestConfig.model_json_schema()
+    schema: dict[str, Any] = _inlined(generated, generated.pop("$defs", {}))
     # A bare name is accepted too (the analyzer with its defaults), and the names are few.
     analyzers = schema["properties"]["analyzers"]
     spec = analyzers["items"]

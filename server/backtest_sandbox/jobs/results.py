@@ -1,4 +1,4 @@
-"""Completed results on disk, written once when a run finishes and read in bounded pieces.
+"""Completed results, written once when a run finishes and read in bounded pieces.
 
 A result can hold hundreds of thousands of equity points and trades (tens of MB). Kept in the
 job store, every status poll, chart and order page would parse all of it, and every cache hit
@@ -20,6 +20,10 @@ directory named by its content hash, in the shapes its readers need:
 
 The job store only holds the digest, a reference count and the size: a cached run refers to
 the same directory, and the directory goes when its last reference does.
+
+Where the files are kept is a `BlobStore`'s business (blobs.py): that directory by default, or,
+when the job store is PostgreSQL, rows (digest, name, bytes) of its table `result_blobs`, which
+every server and worker sharing the database reads: no shared file system is needed.
 """
 
 from __future__ import annotations
@@ -28,79 +32,74 @@ import csv
 import hashlib
 import io
 import json
-import os
-import shutil
 import struct
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backtest_sandbox.domain.models import BacktestResult
 
 from . import views
+from .blobs import BlobStore, DirectoryBlobs, open_blobs
+
+if TYPE_CHECKING:
+    from backtest_sandbox.domain.settings import Settings
 
 SERIES_POINTS = 2000  # more than the pixels of a chart, and what a non-full read returns
 _OFFSET = struct.Struct("<Q")
-STRAY_SECONDS = 3600.0  # an unreferenced directory this old was left by a crash
+STRAY_SECONDS = 3600.0  # an unreferenced result this old was left by a crash
 
 
 class ResultFiles:
-    """The results directory. Thread-safe: files are written whole and renamed into place."""
+    """A result's files, kept in a `BlobStore` (blobs.py): the results directory by default,
+    PostgreSQL's `result_blobs` when the job store is PostgreSQL. Thread-safe: a result is
+    stored whole, and a reader sees all of its files or none."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, storage: Path | BlobStore) -> None:
+        """`storage`: a `BlobStore`, or a results directory (kept with `DirectoryBlobs`)."""
+        self.blobs: BlobStore = DirectoryBlobs(storage) if isinstance(storage, Path) else storage
+
+    def close(self) -> None:
+        self.blobs.close()
 
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, result: BacktestResult) -> tuple[str, int]:
-        """Store `result`; its (digest, size in bytes on disk). Idempotent for equal content.
+        """Store `result`; its (digest, size in bytes stored). Idempotent for equal content.
 
         Raises:
-            OSError: the state directory cannot be written.
+            OSError | psycopg.Error: the storage cannot be written.
         """
         anonymous = result.model_copy(update={"backtest_id": ""})
         document = anonymous.model_dump_json().encode()
         digest = hashlib.sha256(document).hexdigest()
-        target = self.root / digest
-        if target.is_dir():
-            return digest, _size(target)
-        staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=self.root))
-        try:
-            (staging / "result.json").write_bytes(document)
+        if self.blobs.size(digest, "result.json") is None:
+            files = {"result.json": document}
             summary = views.result_view(anonymous, cached=False, full=False)
-            (staging / "summary.json").write_text(summary.model_dump_json())
+            files["summary.json"] = summary.model_dump_json().encode()
             for name in ("equity", "drawdown"):
                 series = views.chart_series(anonymous, name, max_points=SERIES_POINTS)
-                (staging / f"{name}.json").write_text(series.model_dump_json())
-            _write_lines(staging, "trades", result.trade_log)
-            _write_lines(staging, "orders", result.order_log)
-            (staging / "equity.csv").write_text(equity_csv(result))
-            (staging / "trades.csv").write_text(trades_csv(result.trade_log))
-            try:
-                staging.rename(target)
-            except OSError:
-                if not target.is_dir():  # not "written meanwhile by another thread"
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return digest, _size(target)
+                files[f"{name}.json"] = series.model_dump_json().encode()
+            files.update(_lines("trades", result.trade_log))
+            files.update(_lines("orders", result.order_log))
+            files["equity.csv"] = equity_csv(result).encode()
+            files["trades.csv"] = trades_csv(result.trade_log).encode()
+            self.blobs.put_new(digest, files)
+        return digest, self.blobs.total_size(digest)
 
     def remove(self, digest: str) -> None:
-        shutil.rmtree(self.root / digest, ignore_errors=True)
+        self.blobs.remove(digest)
 
     def remove_strays(self, referenced: set[str]) -> int:
-        """Remove directories no row refers to (a crash between writing and recording), and
+        """Remove results no row refers to (a crash between writing and recording), and
         half-written ones, older than STRAY_SECONDS; how many."""
         removed = 0
         cutoff = time.time() - STRAY_SECONDS
-        for entry in self.root.iterdir():
-            if entry.name in referenced or entry.stat().st_mtime > cutoff:
+        for digest, written_at in self.blobs.list():
+            if digest in referenced or written_at > cutoff:
                 continue
-            shutil.rmtree(entry, ignore_errors=True)
+            self.blobs.remove(digest)
             removed += 1
         return removed
 
@@ -120,7 +119,15 @@ class ResultFiles:
         return result.model_copy(update={"backtest_id": backtest_id})
 
     def size(self, digest: str) -> int:
-        return (self.root / digest / "result.json").stat().st_size
+        """The whole result's size in bytes.
+
+        Raises:
+            FileNotFoundError: the result is not stored.
+        """
+        size = self.blobs.size(digest, "result.json")
+        if size is None:
+            raise FileNotFoundError(f"result {digest} is not stored")
+        return size
 
     def trades(self, digest: str, start: int, stop: int) -> tuple[list[dict[str, Any]], int]:
         """Trades [start, stop) and how many there are, reading only those lines."""
@@ -128,26 +135,26 @@ class ResultFiles:
 
     def orders(self, digest: str, start: int, stop: int) -> tuple[list[dict[str, Any]], int]:
         """Orders [start, stop) of the order log and how many there are, likewise."""
-        if not (self.root / digest / "orders.idx").exists():
+        if self.blobs.size(digest, "orders.idx") is None:
             return [], 0  # stored before the order log existed
         return self._page(digest, "orders", start, stop)
 
     def _page(
         self, digest: str, name: str, start: int, stop: int
     ) -> tuple[list[dict[str, Any]], int]:
-        directory = self.root / digest
-        with (directory / f"{name}.idx").open("rb") as index:
-            total = os.fstat(index.fileno()).st_size // _OFFSET.size - 1
-            start, stop = min(start, total), min(stop, total)
-            if start >= stop:
-                return [], total
-            index.seek(start * _OFFSET.size)
-            offsets = index.read((stop - start + 1) * _OFFSET.size)
+        index_size = self.blobs.size(digest, f"{name}.idx")
+        if index_size is None:
+            raise FileNotFoundError(f"result {digest} has no {name}.idx")
+        total = index_size // _OFFSET.size - 1
+        start, stop = min(start, total), min(stop, total)
+        if start >= stop:
+            return [], total
+        offsets = self.blobs.get(
+            digest, f"{name}.idx", start * _OFFSET.size, (stop + 1) * _OFFSET.size
+        )
         first = _OFFSET.unpack_from(offsets, 0)[0]
         last = _OFFSET.unpack_from(offsets, (stop - start) * _OFFSET.size)[0]
-        with (directory / f"{name}.jsonl").open("rb") as lines:
-            lines.seek(first)
-            chunk = lines.read(last - first)
+        chunk = self.blobs.get(digest, f"{name}.jsonl", first, last)
         return [json.loads(line) for line in chunk.splitlines()], total
 
     def equity_csv(self, digest: str) -> str:
@@ -161,30 +168,36 @@ class ResultFiles:
     ) -> bytes:
         """The chart of `series` (one of this result's reduced curves), drawn once by `draw`
         and kept: drawing is CPU work no repeated read should pay for again."""
-        path = self.root / digest / f"{series.name}.png"
+        name = f"{series.name}.png"
         try:
-            return path.read_bytes()
+            return self.blobs.get(digest, name)
         except FileNotFoundError:
             pass
         png = draw(series)
-        temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        temporary.write_bytes(png)
-        temporary.replace(path)
+        self.blobs.put(digest, name, png)
         return png
 
     def _read(self, digest: str, name: str) -> bytes:
-        return (self.root / digest / name).read_bytes()
+        return self.blobs.get(digest, name)
 
 
-def _write_lines(directory: Path, name: str, records: list[dict[str, Any]]) -> None:
+def open_results(settings: Settings) -> ResultFiles:
+    """The result files where the settings keep them: beside the job store (`open_blobs`).
+
+    Raises:
+        OSError | psycopg.Error: the storage cannot be opened.
+    """
+    return ResultFiles(open_blobs(settings))
+
+
+def _lines(name: str, records: list[dict[str, Any]]) -> dict[str, bytes]:
     """`<name>.jsonl`, one record a line, and `<name>.idx`, where each line starts."""
+    lines = [json.dumps(record, separators=(",", ":")).encode() + b"\n" for record in records]
     offsets = [0]
-    with (directory / f"{name}.jsonl").open("wb") as lines:
-        for record in records:
-            line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
-            lines.write(line)
-            offsets.append(offsets[-1] + len(line))
-    (directory / f"{name}.idx").write_bytes(b"".join(_OFFSET.pack(o) for o in offsets))
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    index = b"".join(_OFFSET.pack(o) for o in offsets)
+    return {f"{name}.jsonl": b"".join(lines), f"{name}.idx": index}
 
 
 def equity_csv(result: BacktestResult) -> str:
@@ -201,7 +214,3 @@ def trades_csv(trades: list[dict[str, Any]]) -> str:
         writer.writeheader()
         writer.writerows(trades)
     return out.getvalue()
-
-
-def _size(directory: Path) -> int:
-    return sum(path.stat().st_size for path in directory.iterdir())

@@ -42,7 +42,7 @@ from backtest_sandbox.domain.sweep import parse_sweep
 
 from . import audit, sweeps, views
 from .engine import RunRequest
-from .results import ResultFiles
+from .results import open_results
 from .scheduler import Dispatcher, EngineLike, Scheduler
 from .store import Job, JobStore, JobSummary, Limits, NewJob, Recovery, StoredResult, open_store
 from .sweeps import SweepStatus, SweepSubmitResponse
@@ -99,7 +99,7 @@ class BacktestService:
         self._engine = engine
         self._listeners: list[Callable[[str], None]] = []
         self._store = store or open_store(settings)
-        self._results = ResultFiles(settings.state_dir / "results")
+        self._results = open_results(settings)
         self._limits = Limits(
             max_queued=settings.tenant_max_queued,
             max_queued_combinations=settings.tenant_max_queued_combinations,
@@ -217,6 +217,7 @@ class BacktestService:
         self._sweeps.stop()
         self._scheduler.stop()
         self._engine.close()
+        self._results.close()
         self._store.close()
 
     def __enter__(self) -> BacktestService:

@@ -43,9 +43,8 @@ from backtest_sandbox.domain.models import JobStatus, RunError, RunOutcome
 from backtest_sandbox.domain.settings import Settings
 
 from .engine import Engine, RunRequest
-from .results import ResultFiles
+from .results import ResultFiles, open_results
 from .scheduler import EngineLike, ProgressWriter, internal_failure, record_outcome
-from .sql_store import SqlJobStore, _job
 from .store import Job, JobStore, open_store
 from .temporal_dispatch import connect
 from .temporal_workflow import (
@@ -60,37 +59,6 @@ from .temporal_workflow import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_CLAIM_COLUMNS = (
-    "seq, id, tenant, status, language, symbol, timeframe, cached, created_at, started_at, "
-    "finished_at, progress_done, progress_total, progress_at, attempts, error_json, kind, "
-    "parent, code, config_json, cache_key, result_digest"
-)
-
-
-def claim(store: JobStore, job_id: str, now: float | None = None) -> Job | None:
-    """Mark the job running for this attempt and return it; None when it is not to run
-    (cancelled, deleted or ended meanwhile). A job found running was a lost worker's: this
-    attempt takes it over.
-
-    The store's own `claim_next` picks the next job itself; here Temporal has picked it.
-    """
-    # TODO(store): a `claim(job_id)` of JobStore; until then the shared SQL store's turns.
-    if not isinstance(store, SqlJobStore):
-        raise TypeError("the temporal backend needs the SQL job store")
-    with store._transaction("claims") as conn:
-        found = conn.execute(
-            "SELECT status FROM jobs WHERE id = ? AND kind = 'backtest'" + store._LOCK_ROWS,
-            (job_id,),
-        ).fetchone()
-        if found is None or found["status"] not in ("queued", "running"):
-            return None
-        conn.execute(
-            "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1,"
-            " progress_done = NULL, progress_total = NULL, progress_at = NULL WHERE id = ?",
-            (time.time() if now is None else now, job_id),
-        )
-        row = conn.execute(f"SELECT {_CLAIM_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job(row.fetchone())
 
 
 class _Progress:
@@ -149,7 +117,7 @@ class BacktestActivities:
     @activity.defn(name=RUN_ACTIVITY)
     async def run_backtest(self, run: BacktestRun) -> RunReport:
         info = activity.info()
-        job = await self._off_loop(claim, self._store, run.backtest_id)
+        job = await self._off_loop(self._store.claim, run.backtest_id)
         if job is None:  # cancelled or deleted before it started here
             return RunReport(backtest_id=run.backtest_id, status="gone", recorded=False)
         if info.attempt > 1:
@@ -265,7 +233,7 @@ class BacktestActivities:
         )
 
         def fail() -> None:
-            job = claim(self._store, give_up.backtest_id)
+            job = self._store.claim(give_up.backtest_id)
             if job is not None:
                 self._store.finish(job.id, JobStatus.FAILED, error_json=error.model_dump_json())
 
@@ -296,7 +264,7 @@ async def run_worker(
     """
     engine = engine or Engine(settings.model_copy(update={"max_workers": slots}))
     store = store or open_store(settings)
-    results = ResultFiles(settings.state_dir / "results")
+    results = open_results(settings)
     activities: BacktestActivities | None = None
     try:
         try:
@@ -330,6 +298,7 @@ async def run_worker(
         if activities is not None:
             activities.close()
         engine.close()
+        results.close()
         store.close()
 
 
