@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from backtest_sandbox.data import catalog
 from backtest_sandbox.domain.code import (
+    Language,
     check_code,
     check_language,
     check_syntax,
@@ -268,13 +269,7 @@ class BacktestService:
     def _submit(
         self, tenant: str, code_content: Any, language: Any, config: Any
     ) -> views.SubmitResponse:
-        code = check_code(code_content, self.settings.max_code_bytes)
-        lang = check_language(language)
-        parsed = parse_config(
-            config,
-            max_timeout_seconds=self.settings.max_timeout_seconds,
-            max_memory_mb=self.settings.max_memory_mb,
-        )
+        code, lang, parsed = self._checked(code_content, language, config)
         job = NewJob(
             id=new_backtest_id(),
             tenant=tenant,
@@ -316,6 +311,23 @@ class BacktestService:
         except BacktestSandboxError:
             self._store.delete(job.tenant, job.id)
             raise
+
+    def _checked(
+        self, code_content: Any, language: Any, config: Any
+    ) -> tuple[str, Language, BacktestConfig]:
+        """The code, the language and the config of a submission, each against its rules.
+
+        Raises:
+            InvalidRequest: naming the first argument that breaks a rule.
+        """
+        code = check_code(code_content, self.settings.max_code_bytes)
+        lang = check_language(language)
+        parsed = parse_config(
+            config,
+            max_timeout_seconds=self.settings.max_timeout_seconds,
+            max_memory_mb=self.settings.max_memory_mb,
+        )
+        return code, lang, parsed
 
     def _cache_key(self, request: RunRequest) -> str | None:
         try:
@@ -428,13 +440,7 @@ class BacktestService:
             raise InvalidRequest(
                 "grid", "parameter sweeps run with BACKTEST_BACKEND=local only, for now"
             )
-        code = check_code(code_content, self.settings.max_code_bytes)
-        lang = check_language(language)
-        base = parse_config(
-            config,
-            max_timeout_seconds=self.settings.max_timeout_seconds,
-            max_memory_mb=self.settings.max_memory_mb,
-        )
+        code, lang, base = self._checked(code_content, language, config)
         spec = parse_sweep(
             base=base,
             grid=grid,
