@@ -98,7 +98,10 @@ def workers(settings: Settings) -> Iterator[Callable[..., WorkerThread]]:
     started: list[WorkerThread] = []
 
     def start(engine: FakeEngine | None = None, slots: int = 1, **changes: object) -> WorkerThread:
-        worker = WorkerThread(settings.model_copy(update=changes), engine or FakeEngine(), slots)
+        # A state directory of its own, as on another machine: results reach the service
+        # through PostgreSQL alone.
+        own = {"state_dir": settings.state_dir.with_name(f"worker-{len(started)}"), **changes}
+        worker = WorkerThread(settings.model_copy(update=own), engine or FakeEngine(), slots)
         started.append(worker)
         return worker
 
@@ -289,3 +292,39 @@ def test_a_worker_cut_off_from_temporal_kills_its_run_and_another_completes_it(
     finally:
         partition.cut.set()
         partition.close()
+
+
+def test_a_sweep_runs_as_workflows_and_one_of_two_servers_starts_its_out_of_sample_run(
+    settings: Settings, service: BacktestService, workers: Callable[..., WorkerThread]
+) -> None:
+    from tests.unit.test_sweeps import CODE as SWEEP_CODE
+    from tests.unit.test_sweeps import ParamEngine
+
+    # A second server following the same sweep, on a machine of its own.
+    other = BacktestService(
+        settings.model_copy(update={"state_dir": settings.state_dir.with_name("other")}),
+        FakeEngine(),
+    )
+    other.start()
+    try:
+        engines = [ParamEngine(), ParamEngine()]
+        for engine in engines:
+            workers(engine)
+        grid = {"fast": [5, 10], "slow": [20, 30, 40]}
+        sweep_id = service.submit_sweep(
+            "local", SWEEP_CODE, "python", config(), grid=grid, oos_start="2020-07-01"
+        ).sweep_id
+        job = other.wait("local", sweep_id, lambda job: job.status.is_terminal, timeout=WAIT)
+        assert job.status is JobStatus.COMPLETED, job.error_json
+        for answering in (service, other):
+            answer, heatmap = answering.sweep_status("local", sweep_id)
+            assert answer.best is not None and answer.out_of_sample is not None
+            assert answer.best.params == {"fast": 10, "slow": 30}  # the engine's best score
+            assert answer.out_of_sample.params == answer.best.params
+            assert answer.out_of_sample.metrics["bars"] == 7  # from July: the held-out range
+            assert heatmap is not None
+        # Six combinations and one out-of-sample run, each run once, on either worker.
+        runs = [run for engine in engines for run in engine.runs]
+        assert len(runs) == len(set(runs)) == 7
+    finally:
+        other.close()

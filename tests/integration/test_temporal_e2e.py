@@ -90,10 +90,13 @@ class Cluster:
 
     def _start(self, name: str, *args: str) -> Process:
         log = self.logs / f"{name}.log"
+        # A state directory per process, as on machines of their own: results travel through
+        # PostgreSQL only (docs/SCALING.md).
+        env = {**self.env, "BACKTEST_STATE_DIR": str(self.logs / f"state-{name}")}
         with log.open("ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "backtest_sandbox", *args],
-                env=self.env,
+                env=env,
                 stdout=out,
                 stderr=out,
             )
@@ -134,8 +137,6 @@ def cluster(
         "BACKTEST_TEMPORAL_HEARTBEAT_SECONDS": str(HEARTBEAT),
         "BACKTEST_DATABASE_URL": postgres_url,
         "BACKTEST_DATA_DIR": str(data_dir),
-        # One state directory: the result files every server reads (docs/SCALING.md).
-        "BACKTEST_STATE_DIR": str(tmp_path / "state"),
         "BACKTEST_POOL_SIZE": "0",  # every labelled container is then a running backtest
         "BACKTEST_API_TOKENS": ",".join(f"{t}:{tenant}" for tenant, t in TOKENS.items()),
     }

@@ -765,6 +765,7 @@ def test_restart_runs_what_a_killed_process_left(
     waiting = submit(dead, CODE + "# waiting\n")
     assert store.claim_next() is not None
     store.close()
+    dead._results.close()  # its connections end with it
 
     engine.orphans_error = SandboxError("no daemon")  # logged; recovery still goes on
     service = BacktestService(settings, engine)
@@ -784,11 +785,13 @@ def test_restart_gives_up_on_a_job_interrupted_twice(
 ) -> None:
     settings = settings_for(tmp_path, workers=1, database_url=database_url)
     store = open_store(settings)
-    backtest_id = submit(BacktestService(settings, engine, store=store))
+    dead = BacktestService(settings, engine, store=store)
+    backtest_id = submit(dead)
     assert store.claim_next() is not None  # a first process dies while running it,
     store.recover(max_attempts=2, give_up_error_json="{}")  # a second one recovers it
     assert store.claim_next() is not None  # and dies while running it again
     store.close()
+    dead._results.close()  # its connections end with it
 
     with BacktestService(settings, engine) as service:
         status = service.status("local", backtest_id)

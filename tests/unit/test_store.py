@@ -211,6 +211,43 @@ def test_a_job_claimed_by_id_runs_again_when_its_worker_was_lost(
     assert store.claim(new_job(2).id) is None  # a sweep is followed, not run
 
 
+def test_of_two_processes_following_a_sweep_one_adds_its_run(
+    reopen: Callable[[], JobStore],
+) -> None:
+    one, other = reopen(), reopen()  # two servers following the same sweep
+    sweep = new_job(1, kind="sweep", status=JobStatus.RUNNING, summary_json='{"oos_id":null}')
+    one.insert_sweep(sweep, [new_job(2, parent=sweep.id)], Limits())
+    read = one.sweep_summary(sweep.id)
+    assert read == other.sweep_summary(sweep.id) == '{"oos_id":null}'
+    mine = new_job(3, parent=sweep.id)
+    theirs = new_job(4, parent=sweep.id)
+    wins = []
+    barrier = threading.Barrier(2)
+
+    def add(store: JobStore, child: NewJob) -> None:
+        barrier.wait()
+        state = f'{{"oos_id":"{child.id}"}}'
+        wins.append(store.add_child(child, summary_json=state, expected_summary=read))
+
+    threads = [
+        threading.Thread(target=add, args=(one, mine)),
+        threading.Thread(target=add, args=(other, theirs)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins) == [False, True]
+    children = [c.id for c in one.children(sweep.id)]
+    assert len(children) == 2 and children[0] == new_job(2).id
+    assert one.sweep_summary(sweep.id) == f'{{"oos_id":"{children[1]}"}}'
+    # A stale state no longer writes: the loser's progress would have forgotten the run.
+    assert not other.update_sweep(sweep.id, str(read), expected_summary=read)
+    assert one.sweep_summary(sweep.id) == f'{{"oos_id":"{children[1]}"}}'
+    now = one.sweep_summary(sweep.id)
+    assert other.update_sweep(sweep.id, str(now), progress=(1, 2), expected_summary=now)
+
+
 def test_progress_is_recorded_only_while_running(store: JobStore, clock: Clock) -> None:
     store.insert(new_job(1))
     store.set_progress(new_job(1).id, 1, 10)

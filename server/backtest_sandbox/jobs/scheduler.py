@@ -273,11 +273,7 @@ class Scheduler:
             outcome = internal_failure(f"internal error: {type(e).__name__}")
         with self._cond:
             stopping = self._stopping
-        if (
-            stopping
-            and outcome.status is JobStatus.CANCELLED
-            and self._store.requeue(job.id)
-        ):
+        if stopping and outcome.status is JobStatus.CANCELLED and self._store.requeue(job.id):
             # Killed by stop(), not by a user: run it again at the next start. A job the user
             # cancelled is no longer running in the store, so requeue leaves it alone, and
             # recording it below changes nothing but its audit line.

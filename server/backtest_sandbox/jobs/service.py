@@ -121,8 +121,10 @@ class BacktestService:
             self._store,
             self._results,
             new_child=self._child_job,
-            wake=self._scheduler.wake,
+            dispatch=self._scheduler.submitted,
             changed=self._changed,
+            # Runs end in the workers' processes: follow the store's changes instead.
+            follow_store=settings.backend == "temporal",
         )
         self._catalog_known: dict[str, catalog.Dataset | None] = {}
         self._catalog_lock = threading.Lock()
@@ -152,6 +154,7 @@ class BacktestService:
         if self.settings.backend == "temporal":
             self.maintain()
             self._scheduler.start()
+            self._sweeps.start()  # every server follows every running sweep
             self._maintenance.start()
             return Recovery(requeued=0, failed=0, queued=0)
         try:
@@ -434,12 +437,6 @@ class BacktestService:
         constraints: Any,
         oos_start: Any,
     ) -> SweepSubmitResponse:
-        if self.settings.backend == "temporal":
-            # The sweep's coordinator follows its runs on this server's threads; with Temporal
-            # it would have to be a workflow of its own (docs/SCALING.md, "Not yet").
-            raise InvalidRequest(
-                "grid", "parameter sweeps run with BACKTEST_BACKEND=local only, for now"
-            )
         code, lang, base = self._checked(code_content, language, config)
         spec = parse_sweep(
             base=base,
@@ -475,7 +472,15 @@ class BacktestService:
             for params in combinations
         ]
         self._store.insert_sweep(sweep, children, self._limits)
-        self._scheduler.wake()
+        try:
+            for child in children:
+                if child.status is JobStatus.QUEUED:  # a workflow each with Temporal
+                    self._scheduler.submitted(child)
+        except BacktestSandboxError:  # Temporal unreachable: the sweep goes, as a run would
+            self._store.cancel(tenant, sweep.id)
+            self._cancel_running(self.summary(tenant, sweep.id))
+            self._store.delete(tenant, sweep.id)
+            raise
         self._sweeps.job_changed(sweep.id)
         return SweepSubmitResponse(
             sweep_id=sweep.id,

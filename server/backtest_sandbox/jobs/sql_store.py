@@ -516,28 +516,44 @@ class SqlJobStore(ABC):
         status: JobStatus = JobStatus.RUNNING,
         error_json: str | None = None,
         progress: tuple[int, int] | None = None,
+        expected_summary: str | None = None,
     ) -> bool:
         now = self._clock()
         done, total = progress or (None, None)
         finished = now if status.is_terminal else None
+        same = "" if expected_summary is None else " AND summary_json = ?"
         with self._transaction("none") as conn:
             changed = conn.execute(
                 "UPDATE jobs SET summary_json = ?, status = ?, error_json = ?, finished_at = ?,"
                 " progress_done = COALESCE(?, progress_done),"
                 " progress_total = COALESCE(?, progress_total), progress_at = ?"
-                " WHERE id = ? AND kind = 'sweep' AND status = 'running'",
-                (summary_json, status.value, error_json, finished, done, total, now, job_id),
+                " WHERE id = ? AND kind = 'sweep' AND status = 'running'" + same,
+                (summary_json, status.value, error_json, finished, done, total, now, job_id)
+                + (() if expected_summary is None else (expected_summary,)),
             ).rowcount
         return bool(changed)
 
-    def add_child(self, child: NewJob) -> bool:
+    def add_child(
+        self,
+        child: NewJob,
+        *,
+        summary_json: str | None = None,
+        expected_summary: str | None = None,
+    ) -> bool:
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT 1 AS found FROM jobs WHERE id = ? AND status = 'running'" + self._LOCK_ROWS,
+                "SELECT summary_json FROM jobs WHERE id = ? AND status = 'running'"
+                + self._LOCK_ROWS,
                 (child.parent,),
             ).fetchone()
             if row is None:
                 return False
+            if summary_json is not None:
+                if row["summary_json"] != expected_summary:
+                    return False  # another process moved the sweep on first
+                conn.execute(
+                    "UPDATE jobs SET summary_json = ? WHERE id = ?", (summary_json, child.parent)
+                )
             self._insert_row(conn, child)
             return True
 

@@ -323,13 +323,26 @@ class JobStore(Protocol):
         status: JobStatus = JobStatus.RUNNING,
         error_json: str | None = None,
         progress: tuple[int, int] | None = None,
+        expected_summary: str | None = None,
     ) -> bool:
         """Record a running sweep's state, or finish it; False when it is no longer running
-        (cancelled or deleted meanwhile)."""
+        (cancelled or deleted meanwhile), or, given `expected_summary`, when its state is no
+        longer that one (another process following the sweep changed it first)."""
         ...
 
-    def add_child(self, child: NewJob) -> bool:
-        """Insert one more run of a sweep (its out-of-sample run) if the sweep still runs."""
+    def add_child(
+        self,
+        child: NewJob,
+        *,
+        summary_json: str | None = None,
+        expected_summary: str | None = None,
+    ) -> bool:
+        """Insert one more run of a sweep (its out-of-sample run) if the sweep still runs.
+
+        With `summary_json`, the sweep's state becomes it in the same transaction, and only if
+        the state is still `expected_summary`: of several processes following one sweep that
+        all decide to add the run, exactly one does; the others get False.
+        """
         ...
 
     def cancel_children(self, parent: str) -> list[str]:

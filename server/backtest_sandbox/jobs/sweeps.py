@@ -38,11 +38,12 @@ from backtest_sandbox.domain.sweep import (
 )
 
 from .results import ResultFiles
-from .store import Child, JobStore, JobSummary
+from .store import Child, JobStore, JobSummary, NewJob
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP = 20
+FOLLOW_SECONDS = 0.5  # with the temporal backend: how often running sweeps are looked at, at most
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -151,7 +152,14 @@ class SweepCoordinator:
     """Follows running sweeps and finishes them. One per service; thread-safe.
 
     `new_child(tenant, parent, config, code, language)` makes the store row of one more run
-    of a sweep (a cache hit already terminal). `changed(job_id)` tells the service's listeners.
+    of a sweep (a cache hit already terminal); `dispatch(job)` hands a queued one to whatever
+    runs jobs. `changed(job_id)` tells the service's listeners.
+
+    With `follow_store` (the temporal backend) the runs end in other processes, so the
+    coordinator also looks at every running sweep whenever the store changes (PostgreSQL's
+    notifications), at most every FOLLOW_SECONDS. Several servers may then follow one sweep:
+    every write of its state is conditional on the state read, so only one of them starts
+    the out-of-sample run or writes the final answer.
     """
 
     def __init__(
@@ -160,29 +168,54 @@ class SweepCoordinator:
         results: ResultFiles,
         *,
         new_child: NewChild,
-        wake: Callable[[], None],
+        dispatch: Callable[[NewJob], None],
         changed: Callable[[str], None],
+        follow_store: bool = False,
     ) -> None:
         self._store = store
         self._results = results
         self._new_child = new_child
-        self._wake = wake
+        self._dispatch = dispatch
         self._changed = changed
+        self._follow_store = follow_store
         self._due: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         """Follow every sweep a previous process left running, then whatever changes."""
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="sweeps", daemon=True)
         self._thread.start()
         for sweep_id in self._store.running_sweeps():
             self._due.put(sweep_id)
+        if self._follow_store:
+            self._follower = threading.Thread(
+                target=self._follow, name="sweeps-follow", daemon=True
+            )
+            self._follower.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._thread is not None:
             self._due.put(None)
             self._thread.join(timeout=10)
             self._thread = None
+        if self._follower is not None:
+            self._follower.join(timeout=10)
+            self._follower = None
+
+    def _follow(self) -> None:
+        seen = self._store.version()
+        while not self._stopping.is_set():
+            try:
+                seen = self._store.wait_for_change(seen, FOLLOW_SECONDS)
+                for sweep_id in self._store.running_sweeps():
+                    self._due.put(sweep_id)
+            except Exception:  # the store unreachable for a while: try again
+                logger.exception("could not look at the running sweeps")
+            self._stopping.wait(FOLLOW_SECONDS)
 
     def job_changed(self, job_id: str) -> None:
         """A job's status changed: if it belongs to a sweep, look at the sweep. Queued for
@@ -217,27 +250,36 @@ class SweepCoordinator:
         total = state.combinations + (1 if state.spec["oos_start"] else 0)
         progress = (done + int(oos is not None and oos.status.is_terminal), total)
         if done < state.combinations:
-            self._store.update_sweep(sweep_id, state.dump(), progress=progress)
+            self._store.update_sweep(
+                sweep_id, state.dump(), progress=progress, expected_summary=raw
+            )
             return
         spec = spec_from_json(state.spec)
         ranked = self.ranking(spec, combos)
         best = next((r for r in ranked if r.constraints_passed), None)
         if spec.oos_start is not None and best is not None and oos is None:
-            self._start_oos(sweep_id, spec, state, best, combos)
+            self._start_oos(sweep_id, raw, spec, state, best)
             return
         if oos is not None and not oos.status.is_terminal:
-            self._store.update_sweep(sweep_id, state.dump(), progress=progress)
+            self._store.update_sweep(
+                sweep_id, state.dump(), progress=progress, expected_summary=raw
+            )
             return
         state.final = self._final(spec, combos, ranked, best, oos)
         status, error = _outcome(combos, ranked)
         error_json = None if error is None else error.model_dump_json()
         if self._store.update_sweep(
-            sweep_id, state.dump(), status=status, error_json=error_json, progress=(total, total)
+            sweep_id,
+            state.dump(),
+            status=status,
+            error_json=error_json,
+            progress=(total, total),
+            expected_summary=raw,
         ):
             self._changed(sweep_id)
 
     def _start_oos(
-        self, sweep_id: str, spec: SweepSpec, state: _State, best: Ranked, combos: list[Child]
+        self, sweep_id: str, raw: str, spec: SweepSpec, state: _State, best: Ranked
     ) -> None:
         sweep = self._store.job(sweep_id)
         if sweep is None:
@@ -247,11 +289,17 @@ class SweepCoordinator:
             sweep.tenant, sweep_id, spec.oos_config(base, best.params), sweep.code, sweep.language
         )
         state.oos_id = job.id
-        # The state first: a restart that finds the run but not its id would start another.
-        if self._store.update_sweep(sweep_id, state.dump()) and self._store.add_child(job):
-            self._wake()
-            if job.status.is_terminal:  # answered from the cache
-                self._due.put(sweep_id)
+        # The run and its id in the state in one transaction, and only if the state is still
+        # the one read: another server following this sweep may have started it first.
+        if not self._store.add_child(job, summary_json=state.dump(), expected_summary=raw):
+            return
+        if job.status.is_terminal:  # answered from the cache
+            self._due.put(sweep_id)
+            return
+        try:
+            self._dispatch(job)
+        except Exception:  # Temporal unreachable: the run stays queued (docs/SCALING.md)
+            logger.exception("could not hand over the out-of-sample run %s", job.id)
 
     def ranking(self, spec: SweepSpec, combos: Sequence[Child]) -> list[Ranked]:
         completed = []
