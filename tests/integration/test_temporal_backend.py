@@ -23,7 +23,7 @@ from backtest_sandbox.domain.models import JobStatus
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.jobs.service import BacktestService
 from backtest_sandbox.jobs.store import open_store
-from backtest_sandbox.jobs.temporal_worker import run_worker
+from backtest_sandbox.jobs.temporal.worker import run_worker
 from tests.unit.fake_engine import FakeEngine, config, make_result
 
 pytestmark = pytest.mark.slow
@@ -186,7 +186,7 @@ def test_a_retried_start_does_nothing_new(
     settings: Settings, service: BacktestService, workers: Callable[..., WorkerThread]
 ) -> None:
     from backtest_sandbox.jobs.store import NewJob
-    from backtest_sandbox.jobs.temporal_dispatch import TemporalDispatcher
+    from backtest_sandbox.jobs.temporal.dispatch import TemporalDispatcher
 
     worker = workers()
     backtest_id = submit(service)

@@ -20,9 +20,9 @@ import pytest
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.jobs import results as results_module
 from backtest_sandbox.jobs import views
-from backtest_sandbox.jobs.blobs import DirectoryBlobs
-from backtest_sandbox.jobs.postgres_blobs import PostgresBlobs
 from backtest_sandbox.jobs.results import ResultFiles, open_results
+from backtest_sandbox.jobs.store.blobs import DirectoryBlobs
+from backtest_sandbox.jobs.store.postgres_blobs import PostgresBlobs
 from tests.unit.fake_engine import make_result
 
 STORAGES = ["directory", pytest.param("postgres", marks=pytest.mark.postgres)]

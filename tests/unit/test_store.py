@@ -19,8 +19,6 @@ from pydantic import ValidationError
 from backtest_sandbox.domain.errors import QuotaExceeded
 from backtest_sandbox.domain.models import JobStatus
 from backtest_sandbox.domain.settings import Settings
-from backtest_sandbox.jobs.postgres_store import PostgresJobStore
-from backtest_sandbox.jobs.sqlite_store import SqliteJobStore
 from backtest_sandbox.jobs.store import (
     CacheEntry,
     JobStore,
@@ -30,6 +28,8 @@ from backtest_sandbox.jobs.store import (
     StoredResult,
     open_store,
 )
+from backtest_sandbox.jobs.store.postgres import PostgresJobStore
+from backtest_sandbox.jobs.store.sqlite import SqliteJobStore
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

@@ -27,8 +27,8 @@ from backtest_sandbox.domain.models import JobStatus
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.domain.tenants import parse_api_tokens
 from backtest_sandbox.jobs.service import BacktestService
-from backtest_sandbox.jobs.sqlite_store import SqliteJobStore
 from backtest_sandbox.jobs.store import NewJob
+from backtest_sandbox.jobs.store.sqlite import SqliteJobStore
 from tests.mcp_helpers import call, connect_http, error
 from tests.unit.fake_engine import FakeEngine, config
 

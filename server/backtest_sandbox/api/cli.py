@@ -492,7 +492,7 @@ def _check_temporal(settings: Settings) -> None:
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from backtest_sandbox.jobs.temporal_worker import run_worker
+    from backtest_sandbox.jobs.temporal.worker import run_worker
 
     from .mcp_server import configure_logging
 

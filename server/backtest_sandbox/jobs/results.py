@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from backtest_sandbox.domain.models import BacktestResult
 
 from . import views
-from .blobs import BlobStore, DirectoryBlobs, open_blobs
+from .store.blobs import BlobStore, DirectoryBlobs, open_blobs
 
 if TYPE_CHECKING:
     from backtest_sandbox.domain.settings import Settings

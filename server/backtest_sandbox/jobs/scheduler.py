@@ -62,7 +62,7 @@ class EngineLike(Protocol):
 
 class Dispatcher(Protocol):
     """What the service needs of whatever runs its queued jobs: the `Scheduler`'s threads
-    here (BACKTEST_BACKEND=local), or Temporal's workers (temporal_dispatch.py)."""
+    here (BACKTEST_BACKEND=local), or Temporal's workers (temporal/dispatch.py)."""
 
     @property
     def workers(self) -> int: ...
@@ -295,7 +295,7 @@ def record_outcome(
     """Store a run's outcome (and its result) and leave its audit line; whether it was
     recorded (not when the job was cancelled or deleted while it ran).
 
-    Shared by the scheduler's threads and the Temporal workers (temporal_worker.py).
+    Shared by the scheduler's threads and the Temporal workers (temporal/worker.py).
     """
     # The result's files first, outside any transaction; then one short transaction
     # that flips the status and takes the references.

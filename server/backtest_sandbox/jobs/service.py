@@ -135,7 +135,7 @@ class BacktestService:
         if settings.backend != "temporal":
             return None
         # Imported here: temporalio is loaded only by those who use it.
-        from .temporal_dispatch import TemporalDispatcher
+        from .temporal.dispatch import TemporalDispatcher
 
         return TemporalDispatcher(settings)
 

@@ -42,12 +42,12 @@ from backtest_sandbox.domain.errors import BacktestSandboxError, ErrorType, Inva
 from backtest_sandbox.domain.models import JobStatus, RunError, RunOutcome
 from backtest_sandbox.domain.settings import Settings
 
-from .engine import Engine, RunRequest
-from .results import ResultFiles, open_results
-from .scheduler import EngineLike, ProgressWriter, internal_failure, record_outcome
-from .store import Job, JobStore, open_store
-from .temporal_dispatch import connect
-from .temporal_workflow import (
+from ..engine import Engine, RunRequest
+from ..results import ResultFiles, open_results
+from ..scheduler import EngineLike, ProgressWriter, internal_failure, record_outcome
+from ..store import Job, JobStore, open_store
+from .dispatch import connect
+from .workflow import (
     GIVE_UP_ACTIVITY,
     RUN_ACTIVITY,
     BacktestRun,

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .sql_store import SqlJobStore, Turn, adjust_refs
-from .store import StoredResult
+from . import StoredResult
+from .sql import SqlJobStore, Turn, adjust_refs
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000  # a writer holds the lock for milliseconds; waiting beats failing

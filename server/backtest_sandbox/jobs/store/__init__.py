@@ -4,12 +4,12 @@ fair-claim order and counters, and sweeps (rows of kind 'sweep' whose runs name 
 `JobStore` is what the service, the scheduler and the sweeps use; two implementations pass one
 test suite (tests/unit/test_store.py):
 
-- `SqliteJobStore` (sqlite_store.py): one file in the state directory. The default: one
+- `SqliteJobStore` (sqlite.py): one file in the state directory. The default: one
   machine, nothing to set up.
-- `PostgresJobStore` (postgres_store.py): a PostgreSQL database that several processes share,
+- `PostgresJobStore` (postgres.py): a PostgreSQL database that several processes share,
   chosen by `BACKTEST_DATABASE_URL`.
 
-Both keep their logic in `SqlJobStore` (sql_store.py): one transaction per state change, quotas
+Both keep their logic in `SqlJobStore` (sql.py): one transaction per state change, quotas
 counted in the transaction that inserts. Results themselves are files (results.py); the store
 keeps their digests, sizes and reference counts.
 """
@@ -371,9 +371,9 @@ def open_store(settings: Settings) -> JobStore:
     # only by those who use PostgreSQL.
     url = settings.database_url.get_secret_value()
     if url:
-        from .postgres_store import PostgresJobStore
+        from .postgres import PostgresJobStore
 
         return PostgresJobStore(url)
-    from .sqlite_store import SqliteJobStore
+    from .sqlite import SqliteJobStore
 
     return SqliteJobStore(settings.state_dir / SQLITE_FILE)

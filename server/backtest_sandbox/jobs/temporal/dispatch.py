@@ -26,8 +26,8 @@ from backtest_sandbox.domain.config import BacktestConfig
 from backtest_sandbox.domain.errors import SandboxError
 from backtest_sandbox.domain.settings import Settings
 
-from .store import NewJob
-from .temporal_workflow import WORKFLOW, BacktestRun
+from ..store import NewJob
+from .workflow import WORKFLOW, BacktestRun
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg.rows import TupleRow
 
-from .postgres_store import CONNECT_TIMEOUT_SECONDS, LOCK_SPACE, POOL_WAIT_SECONDS
+from .postgres import CONNECT_TIMEOUT_SECONDS, LOCK_SPACE, POOL_WAIT_SECONDS
 
 _SCHEMA_KEY = 4  # pg_advisory_xact_lock(LOCK_SPACE, 4): the job store's schema takes 3
 POOL_SIZE = 8

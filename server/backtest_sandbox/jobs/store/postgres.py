@@ -1,7 +1,7 @@
 """The job store in a PostgreSQL database (`BACKTEST_DATABASE_URL`), which several processes
 may share.
 
-Transactions run at READ COMMITTED and take turns (sql_store.py) as transaction-level advisory
+Transactions run at READ COMMITTED and take turns (sql.py) as transaction-level advisory
 locks: the multi-statement writes one at a time, as SQLite runs them, so a quota counted in a
 transaction still holds at its commit; claims one at a time among themselves, so the fair
 order and the per-tenant cap see every earlier claim, while `FOR UPDATE SKIP LOCKED` passes
@@ -34,8 +34,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
-from .sql_store import SqlJobStore, Turn
-from .store import StoredResult
+from . import StoredResult
+from .sql import SqlJobStore, Turn
 
 logger = logging.getLogger(__name__)
 

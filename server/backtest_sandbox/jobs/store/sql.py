@@ -1,6 +1,6 @@
 """The job store's logic, once, in the SQL that SQLite and PostgreSQL both speak.
 
-A subclass brings connections, transactions and the schema (sqlite_store.py, postgres_store.py).
+A subclass brings connections, transactions and the schema (sqlite.py, postgres.py).
 Statements are written with `?` placeholders; the PostgreSQL connection translates them.
 
 Concurrency: SQLite runs one write transaction at a time (BEGIN IMMEDIATE), so every check
@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 from backtest_sandbox.domain.errors import QuotaExceeded
 from backtest_sandbox.domain.models import JobStatus
 
-from .store import (
+from . import (
     CacheEntry,
     Child,
     Job,
