@@ -18,7 +18,8 @@ class HugeInt(bt.Strategy):
         document = (
             '{"protocol": 1, "outcome": "completed", "backtrader_version": "1.9.78.123", '
             f'"bars": {huge}, "final_value": 1.0, "final_cash": 1.0, "bars_in_market": 0, '
-            '"equity_curve": [], "trades": [], "open_trades": 0}'
+            '"equity_curve": [], "trades": [], "open_trades": 0, "orders": [], '
+            '"orders_total": 0, "open_positions": []}'
         )
         with open("/out/result.json", "w") as stream:
             stream.write(document)

@@ -23,6 +23,9 @@ class NanResult(bt.Strategy):
             "equity_curve": [["2006-01-02T00:00:00", float("-inf")]],
             "trades": [],
             "open_trades": 0,
+            "orders": [],
+            "orders_total": 0,
+            "open_positions": [],
         }
         with open("/out/result.json", "w") as stream:
             json.dump(forged, stream)  # allow_nan=True: writes NaN and Infinity

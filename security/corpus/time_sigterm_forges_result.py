@@ -25,6 +25,9 @@ FORGED = {
     "equity_curve": [["2006-01-02T00:00:00", 1e9]],
     "trades": [],
     "open_trades": 0,
+    "orders": [],
+    "orders_total": 0,
+    "open_positions": [],
 }
 
 

@@ -27,6 +27,9 @@ class SameProcessForgery(bt.Strategy):
             "equity_curve": [["2006-01-03T00:00:00", 1e9]] * 3,
             "trades": [],
             "open_trades": 0,
+            "orders": [],
+            "orders_total": 0,
+            "open_positions": [],
         }
         with open("/out/result.json", "w") as stream:
             json.dump(forged, stream)
