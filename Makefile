@@ -2,7 +2,7 @@
 #   make demo   a sandboxed backtest of the example strategy, printing its metrics
 #   make test   lint, type check, and every test against the real daemon and image
 # and for the edit-test loop:
-#   make test-fast   the tests that need no Docker, on both cores (well under 30 s)
+#   make test-fast   the tests that need no Docker, on both cores (about a minute, PostgreSQL and Temporal included)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
