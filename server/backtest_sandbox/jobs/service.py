@@ -56,6 +56,22 @@ MAINTENANCE_SECONDS = 600.0  # how often retention and clean-up run
 _CURSOR_PREFIX = "v2:"
 
 
+def _new_job(
+    tenant: str, config: BacktestConfig, code: str, language: str, **fields: Any
+) -> NewJob:
+    """A new row for `config` under a fresh id; `fields` set the rest (kind, parent, ...)."""
+    return NewJob(
+        id=new_backtest_id(),
+        tenant=tenant,
+        language=language,
+        code=code,
+        config_json=config.canonical_json(),
+        symbol=config.symbol,
+        timeframe=config.timeframe.name,
+        **fields,
+    )
+
+
 def check_int(value: Any, field: str) -> int:
     """Raises:
     InvalidRequest: not an integer (a bool is not one either).
@@ -273,15 +289,7 @@ class BacktestService:
         self, tenant: str, code_content: Any, language: Any, config: Any
     ) -> views.SubmitResponse:
         code, lang, parsed = self._checked(code_content, language, config)
-        job = NewJob(
-            id=new_backtest_id(),
-            tenant=tenant,
-            language=lang,
-            code=code,
-            config_json=parsed.canonical_json(),
-            symbol=parsed.symbol,
-            timeframe=parsed.timeframe.name,
-        )
+        job = _new_job(tenant, parsed, code, lang)
         # Cheapest first, and no data work before them: the language and the compile. A
         # refusal is recorded (it counts against the stored-jobs quota) but never queued.
         error = unsupported_language(lang) or check_syntax(code)
@@ -448,14 +456,11 @@ class BacktestService:
             max_combinations=self.settings.max_sweep_combinations,
         )
         combinations = spec.combinations()
-        sweep = NewJob(
-            id=new_backtest_id(),
-            tenant=tenant,
-            language=lang,
-            code=code,
-            config_json=base.canonical_json(),
-            symbol=base.symbol,
-            timeframe=base.timeframe.name,
+        sweep = _new_job(
+            tenant,
+            base,
+            code,
+            lang,
             kind="sweep",
             status=JobStatus.RUNNING,
             summary_json=sweeps.new_state(spec, len(combinations)),
@@ -493,16 +498,7 @@ class BacktestService:
         self, tenant: str, parent: str, config: BacktestConfig, code: str, language: str
     ) -> NewJob:
         """One run of a sweep as a store row: queued, or answered from the cache."""
-        job = NewJob(
-            id=new_backtest_id(),
-            tenant=tenant,
-            language=language,
-            code=code,
-            config_json=config.canonical_json(),
-            symbol=config.symbol,
-            timeframe=config.timeframe.name,
-            parent=parent,
-        )
+        job = _new_job(tenant, config, code, language, parent=parent)
         request = RunRequest(
             backtest_id=job.id,
             code=code,
