@@ -226,7 +226,10 @@ def our_containers() -> list[str]:
 
     client = docker_client()
     try:
-        return [c.name for c in client.containers.list(all=True, filters={"label": LABEL_PROJECT})]
+        # The low-level list: no inspect per container, which a container removed meanwhile
+        # (the cancel at work) would answer with 404.
+        listed = client.api.containers(all=True, filters={"label": LABEL_PROJECT})
+        return [c["Names"][0] for c in listed]
     finally:
         client.close()
 
