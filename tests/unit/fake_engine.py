@@ -177,6 +177,9 @@ class FakeEngine:
         self.orphans_removed += 1
         return 0
 
+    def warm_up(self) -> None:
+        pass  # no referees: nothing runs verified here
+
     def close(self) -> None:
         self.closed = True
 

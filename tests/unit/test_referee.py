@@ -609,6 +609,9 @@ class RecordingReferee:
     def send(self, stamp: int, events: list[dict[str, Any]]) -> None:
         self.received.append((stamp, events))
 
+    def end(self, bars: int) -> None:
+        self.ended_at = bars
+
 
 class RecordedRefereeRun(RefereeRun):
     """The real referee process, and what the gate passed on to it."""

@@ -232,6 +232,9 @@ class RecordingReferee:
     def send(self, stamp: int, events: list[dict[str, Any]]) -> None:
         self.received.append((stamp, events))
 
+    def end(self, bars: int) -> None:
+        self.ended_at = bars
+
 
 def gate_for(bars: list[bytes] = BARS) -> tuple[BarGate, RecordingReferee]:
     referee = RecordingReferee()
@@ -245,6 +248,7 @@ def test_the_gate_releases_one_bar_per_commit_in_order_then_the_end() -> None:
     assert side.sent == [*BARS, b"E\n"]
     assert (gate.released, gate.events, gate.rejected_events) == (3, 0, 0)
     assert referee.received == []  # commits without events are not passed on
+    assert referee.ended_at == 3  # told the end as the conversation ends, with the count
     assert side.caps == [LIMITS.max_message_bytes] * 4
 
 
@@ -341,15 +345,17 @@ def test_garbage_on_the_pipe_is_result_invalid_naming_the_bar_and_the_rule(
     assert error.details == {"bar": 2}
     assert side.sent == BARS[:2]  # no bar is released after it
     assert referee.received == []
+    assert not hasattr(referee, "ended_at")  # the run fails: the referee is aborted, not ended
 
 
 @pytest.mark.parametrize("answered", [0, 1, 2, 3])
 def test_the_strategy_side_ending_early_leaves_the_count_of_bars_released(answered: int) -> None:
-    gate, _ = gate_for()
+    gate, referee = gate_for()
     side = ScriptedSide(*[b"[]"] * answered)  # then the end of its stdout
     assert gate.talk(side) is None
     assert gate.released == answered
     assert side.sent == BARS[:answered]
+    assert referee.ended_at == answered
 
 
 def test_a_pipe_gone_while_sending_ends_the_talk_without_counting_that_bar() -> None:

@@ -71,7 +71,7 @@ class Engine:
     def __init__(self, settings: Settings, runner: SandboxRunner | None = None) -> None:
         self.settings = settings
         self.runner = runner or SandboxRunner(settings)
-        self._referees: RefereePool | None = None  # started by the first verified run
+        self._referees: RefereePool | None = None  # made by warm_up or the first verified run
         self._referees_lock = threading.Lock()
         self._gate_limits = GateLimits(
             max_message_bytes=settings.verified_max_message_bytes,
@@ -197,11 +197,7 @@ class Engine:
 
     def _bar_gate(self, request: RunRequest, data: catalog.PreparedData) -> BarGate:
         """The gate of a verified run, with a referee already handed its bars and broker."""
-        with self._referees_lock:
-            if self._referees is None:
-                self._referees = RefereePool(self.settings.max_workers)
-            pool = self._referees
-        referee = pool.take()
+        referee = self._referee_pool().take()
         referee.begin(
             {
                 "protocol": 1,
@@ -249,6 +245,17 @@ class Engine:
             rejected_events=refused,
         )
         return published, integrity
+
+    def warm_up(self) -> None:
+        """Start the referees of verified runs (Backtrader imported, ~0.5 s of CPU each) in
+        the background, so that the first verified run does not wait for one."""
+        self._referee_pool().warm()
+
+    def _referee_pool(self) -> RefereePool:
+        with self._referees_lock:
+            if self._referees is None:
+                self._referees = RefereePool(self.settings.max_workers)
+            return self._referees
 
     def remove_orphans(self) -> int:
         """Remove every container of this project whose owner died; before any run starts.

@@ -180,6 +180,7 @@ class BacktestService:
         else:
             if removed:
                 logger.info("removed %d container(s) left by a previous process", removed)
+        self._engine.warm_up()
         give_up = RunError(
             type=ErrorType.SANDBOX_ERROR,
             message="the server stopped twice while this backtest ran; it was not retried again",

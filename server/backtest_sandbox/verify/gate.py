@@ -80,7 +80,16 @@ class BarGate:
 
     def talk(self, channel: LineChannel) -> RunError | None:
         """Serve every bar, then the end. None when the strategy side ended the conversation
-        (its exit then decides the verdict); an error when it broke the pipe's rules."""
+        (its exit then decides the verdict); an error when it broke the pipe's rules.
+
+        Every event is in once the conversation ends, so the referee is told the end at once:
+        it finishes while the strategy side writes its claim and exits."""
+        problem = self._serve(channel)
+        if problem is None:
+            self.referee.end(self.released)
+        return problem
+
+    def _serve(self, channel: LineChannel) -> RunError | None:
         limits = self._limits
         total = len(self._bars)
         for index in range(total + 1):

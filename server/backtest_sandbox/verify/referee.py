@@ -37,6 +37,9 @@ class RefereeRun:
         self._process = process
         self._broken = False
         self._on_done = on_done  # called once the process has ended
+        self._answer: tuple[bytes, bytes] | None = None  # (stdout, stderr) once it ended
+        self._reader: threading.Thread | None = None  # collects the answer, once started
+        self._reader_lock = threading.Lock()  # the gate's thread ends, the engine's aborts
 
     def begin(self, header: dict[str, Any]) -> None:
         """Hand the referee its job: the bars, the timeframe and the broker of the config."""
@@ -46,22 +49,32 @@ class RefereeRun:
         """Events the gate accepted and stamped with bar index `stamp` (increasing)."""
         self._write(json.dumps([stamp, events], allow_nan=False).encode() + b"\n")
 
+    def end(self, bars: int) -> None:
+        """End the events at `bars` bars released; the referee then finishes its replay and
+        answers while the caller goes on (the gate calls this as the conversation ends, so
+        the replay's last bars and the result overlap the strategy side's own exit).
+        Idempotent."""
+        with self._reader_lock:
+            if self._reader is not None:
+                return
+            self._write(f"E {bars}\n".encode())
+            self._start_reader()
+
     def finish(self, bars: int, timeout_seconds: float) -> tuple[int, bytes]:
-        """End the events at `bars` bars released and wait for the referee's answer:
-        (events it refused, its result as raw bytes for the caller to validate).
+        """End the events at `bars` bars released (unless `end` did) and wait for the
+        referee's answer: (events it refused, its result as raw bytes for the caller to
+        validate).
 
         Raises:
             SandboxError: the referee failed, or took longer than `timeout_seconds`.
         """
-        self._write(f"E {bars}\n".encode())
-        try:
-            out, err = self._process.communicate(timeout=timeout_seconds)
-        except subprocess.TimeoutExpired:
+        self.end(bars)
+        assert self._reader is not None
+        self._reader.join(timeout_seconds)  # the answer is in once the reader has ended
+        if self._answer is None:
             self.abort()
-            raise SandboxError(
-                f"the referee did not finish within {timeout_seconds:g} s"
-            ) from None
-        self._on_done()
+            raise SandboxError(f"the referee did not finish within {timeout_seconds:g} s")
+        out, err = self._answer
         if self._process.returncode != 0 or self._broken:
             tail = err.decode(errors="replace")[-ERROR_TAIL_BYTES:]
             raise SandboxError(f"the referee failed (exit {self._process.returncode}): {tail}")
@@ -74,10 +87,22 @@ class RefereeRun:
 
     def abort(self) -> None:
         """Stop the referee (the run ended without a result to check). Idempotent."""
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.communicate()
-            self._on_done()
+        with self._reader_lock:
+            if self._process.poll() is None:
+                self._process.kill()
+            if self._reader is None:
+                self._start_reader()
+        assert self._reader is not None
+        self._reader.join()
+
+    def _start_reader(self) -> None:
+        self._reader = threading.Thread(target=self._collect, name="referee-answer", daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        """Read the referee's whole answer; it has ended then."""
+        self._answer = self._process.communicate()
+        self._on_done()
 
     def _write(self, data: bytes) -> None:
         stdin = self._process.stdin
@@ -97,7 +122,7 @@ class RefereePool:
         self._idle: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._refilling = False  # the first run starts its own; each end refills
+        self._refilling = False  # `warm` fills it; then each run's end refills
 
     def take(self) -> RefereeRun:
         """A referee for one run: a warm one if there is one, else one started now.
@@ -114,6 +139,10 @@ class RefereePool:
         # Refilled once this run's referee is done: starting one (imports, ~0.5 s of CPU)
         # while the run goes on would take a core from it.
         return RefereeRun(process, on_done=self._refill_soon)
+
+    def warm(self) -> None:
+        """Start filling the pool in the background, so that the first run finds one ready."""
+        self._refill_soon()
 
     def close(self) -> None:
         """Stop the idle referees. Final."""

@@ -273,6 +273,7 @@ async def run_worker(
             logger.warning("could not look for orphaned containers: %s", e)
         else:
             logger.info("removed %d container(s) left by a previous process", removed)
+        engine.warm_up()
         client = await connect(settings)
         activities = BacktestActivities(settings, engine, store, results, client, slots=slots)
         stop = stop or _stop_on_signals()
