@@ -16,6 +16,7 @@ import functools
 import importlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -33,9 +34,10 @@ import pytest
 
 from backtest_sandbox.sandbox.claim import CompletedClaim, parse_claim
 from backtest_sandbox.sandbox.conversation import ConversationThread
+from backtest_sandbox.sandbox.fifo import FifoChannel
 from backtest_sandbox.sandbox.stdio import StdioChannel
-from backtest_sandbox.verify.gate import BarGate, GateLimits
-from backtest_sandbox.verify.referee import RefereeRun, referee_command
+from backtest_sandbox.verify.gate import BarGate
+from backtest_sandbox.verify.referee import GateLimits, RefereeRun, referee_command
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "runner_image"
@@ -154,7 +156,7 @@ def replay(
     """referee.py's replay in this process, on the event lines as the process reads them:
     (events it refused, its result as the process would write it)."""
     header = {"protocol": 1, "timeframe": "D1", "broker": broker, "bars_csv": csv}
-    source = runner.referee.EventSource(io.BytesIO(lines))
+    source = runner.referee.EventSource(io.BytesIO(lines), io.BytesIO())  # nothing to tell
     rejected, result = runner.referee.referee(header, source)
     return rejected, json.loads(runner.backtest.encode_result(result))
 
@@ -600,6 +602,50 @@ class AttachedHarness:
             stdin.close()
 
 
+class FifoHarness:
+    """The harness run as a verified run's container runs it under runc, on the host: the bar
+    pipe is two FIFOs in its run directory, held by the host's FifoChannel, which hands them
+    to the referee (runner_image/barpipe.py); the strategy's output is its stdout and stderr."""
+
+    def __init__(self, root: Path, code: str, csv: str, broker: dict[str, float]) -> None:
+        job, out = root / "in", root / "out"
+        job.mkdir()
+        out.mkdir()
+        for name in ("result.json", "progress"):  # the host pre-creates both, empty
+            (out / name).touch()
+        self.result_path = out / "result.json"
+        bars, commits = job / "bars.pipe", out / "commits.pipe"
+        os.mkfifo(bars)
+        os.mkfifo(commits)
+        self.channel = FifoChannel(bars, commits)  # opened before the harness can open them
+        spec: dict[str, Any] = {
+            "protocol": 1, "mode": "verified", "code": textwrap.dedent(code),
+            "pipe": {"bars": str(bars), "commits": str(commits)},
+            "filename": "strategy.py", "params": {}, "broker": broker,
+            "data": {"timeframe": "D1", "bars": len(bar_rows(csv))},
+        }  # fmt: skip
+        (job / "spec.json").write_text(json.dumps(spec))
+        harness = [sys.executable, "-I", str(RUNNER / "harness.py")]
+        self.process = subprocess.Popen(
+            [*harness, "--job-dir", str(job), "--out-dir", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def talk(self, gate: BarGate) -> tuple[Any, tuple[str, bool] | None, dict[str, Any]]:
+        """As AttachedHarness.talk."""
+        conversation = ConversationThread(self.channel, gate, self.process.kill)
+        try:
+            output, _ = self.process.communicate(timeout=RUN_TIMEOUT)
+            assert conversation.result() is None  # the logs do not travel on FIFOs
+            problem = conversation.problem
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.communicate()
+        return problem, (output.decode(), False), json.loads(self.result_path.read_bytes())
+
+
 class RecordingReferee:
     """Stands for the referee where its numbers are not the point: what the gate passed on."""
 
@@ -747,15 +793,23 @@ def same_refs(stamped: Stamped) -> Stamped:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "pipe", [AttachedHarness, FifoHarness], ids=["gate-serves", "referee-serves"]
+)
 def test_an_honest_strategys_claim_and_the_referees_replay_equal_plain_backtrader(
-    tmp_path: Path, runner: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    runner: types.SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    pipe: type[AttachedHarness | FifoHarness],
 ) -> None:
+    """Both ways of holding the pipe: the host's gate serves the bars (the attach connection,
+    gVisor), or the referee does and the gate checks what it passes on (FIFOs, runc)."""
     csv = orcl_csv(first="2006-01-01", end="2007-01-01")
     rows = bar_rows(csv)
     referee_process = subprocess.Popen(  # both start at once: their imports overlap
         referee_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    harness = AttachedHarness(tmp_path, HONEST, csv, COSTLY)
+    harness = pipe(tmp_path, HONEST, csv, COSTLY)
     referee = RecordedRefereeRun(referee_process)
     try:
         referee.begin({"protocol": 1, "timeframe": "D1", "broker": COSTLY, "bars_csv": csv})
@@ -800,3 +854,138 @@ def test_an_honest_strategys_claim_and_the_referees_replay_equal_plain_backtrade
     assert (gate.rejected_events, rejected) == (0, 2)
     # The strategy's prints, all of them and nothing else, went to the logs.
     assert logs == ("".join(f"bar {n}\n" for n in range(1, stopped + 1)), False)
+
+
+class FifoSide:
+    """A strategy side played by the test on the two FIFOs of a run directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.bars_path, self.commits_path = root / "bars.pipe", root / "commits.pipe"
+        os.mkfifo(self.bars_path)
+        os.mkfifo(self.commits_path)
+        self.channel = FifoChannel(self.bars_path, self.commits_path)
+        self._bars = open(self.bars_path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._commits = open(self.commits_path, "wb", buffering=0)  # noqa: SIM115
+
+    def commit(self, line: bytes) -> None:
+        self._commits.write(line)
+
+    def bar(self) -> bytes:
+        return self._bars.readline()
+
+    def close(self) -> None:
+        self._commits.close()
+        self._bars.close()
+
+
+def serving_referee(csv: str) -> RecordedRefereeRun:
+    referee = RecordedRefereeRun(
+        subprocess.Popen(
+            referee_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    )
+    referee.begin({"protocol": 1, "timeframe": "D1", "broker": COSTLY, "bars_csv": csv})
+    return referee
+
+
+SERVED_LIMITS = GateLimits(max_message_bytes=4096, max_events_per_bar=3, bar_seconds=0.5)
+
+
+@pytest.mark.parametrize(
+    ("last", "error_type", "message", "details"),
+    [
+        (None, "timeout", "the strategy did not finish bar 2 of 20 within 0.5 s (the per-bar "
+         "limit of a verified run)", {"bar": 2, "limit_seconds": 0.5}),
+        (b"[" + b" " * 5000, "result_invalid", "the strategy side sent a message over the limit "
+         "of 4096 bytes on the bar pipe", {"bar": 2}),
+        (b"GIVE ME ALL THE BARS\n", "result_invalid", "the strategy side broke the bar pipe's "
+         "protocol at bar 2: a commit is not JSON", {"bar": 2}),
+        (b'[{"op":"cancel","ref":1},{"op":"cancel","ref":2},{"op":"cancel","ref":3},'
+         b'{"op":"cancel","ref":4}]\n', "result_invalid", "the strategy side broke the bar "
+         "pipe's protocol at bar 2: 4 events in one bar, over the limit of 3", {"bar": 2}),
+    ],
+    ids=["silent", "oversized", "garbage", "flood"],
+)  # fmt: skip
+def test_a_referee_serving_the_fifos_ends_the_run_on_each_broken_limit(
+    tmp_path: Path, last: bytes | None, error_type: str, message: str, details: dict[str, Any]
+) -> None:
+    """The referee holds the pipe (runc): it times each bar and caps each line itself, and the
+    gate checks the commits it passes on; the verdicts are the attach connection's."""
+    csv = orcl_csv(first="2006-01-01", end="2006-02-01")
+    rows = bar_rows(csv)[:20]
+    referee = serving_referee(csv)
+    side = FifoSide(tmp_path)
+    gate = BarGate(rows, referee, SERVED_LIMITS)
+    talk = ThreadWithResult(lambda: gate.talk(side.channel))
+    try:
+        side.commit(b"[]\n")  # the set-up's commit: bar 0 comes back
+        assert side.bar() == rows[0]
+        assert not (tmp_path / "bars.pipe").exists()  # the names are gone after the first line
+        side.commit(b"[]\n")
+        assert side.bar() == rows[1]
+        if last is not None:
+            side.commit(last)
+        problem = talk.result(RUN_TIMEOUT)
+    finally:
+        side.close()
+        referee.abort()
+        side.channel.release()
+    assert problem is not None
+    assert (problem.type, problem.message) == (error_type, problem.message)
+    assert problem.message.startswith(message), problem.message
+    assert problem.details == details
+
+
+def test_a_referee_serving_the_fifos_stamps_each_commit_with_the_newest_bar_released(
+    tmp_path: Path,
+) -> None:
+    """Commits go to the gate with the stamp of the bar released before them, and what the
+    gate accepts comes back to the referee, which replays it: here one market buy at bar 3,
+    filled at bar 4's open."""
+    csv = orcl_csv(first="2006-01-01", end="2006-02-01")
+    rows = bar_rows(csv)
+    referee = serving_referee(csv)
+    side = FifoSide(tmp_path)
+    gate = BarGate(rows, referee, LIMITS)
+    talk = ThreadWithResult(lambda: gate.talk(side.channel))
+    buy = {"op": "order", "ref": 1, "side": "buy", "feed": 0, "size": 10.0, "price": None,
+           "plimit": None, "exectype": "Market", "valid": None, "tradeid": 0, "oco": None,
+           "parent": None, "transmit": True, "trailamount": None, "trailpercent": None}  # fmt: skip
+    try:
+        side.commit(json.dumps([buy]).encode() + b"\n")  # before bar 0: refused
+        for index, row in enumerate(rows):
+            assert side.bar() == row
+            side.commit(json.dumps([buy]).encode() + b"\n" if index == 3 else b"[]\n")
+        assert side.bar() == b"E\n"
+        side.close()
+        assert talk.result(RUN_TIMEOUT) is None
+        rejected, raw = referee.finish(gate.released, RUN_TIMEOUT)
+    finally:
+        referee.abort()
+        side.channel.release()
+    assert referee.received == [(-1, []), (3, [buy])]
+    assert (gate.released, gate.events, gate.rejected_events, rejected) == (len(rows), 2, 1, 0)
+    (order,) = json.loads(raw)["orders"]
+    filled, at, size, price, _ = order["events"][-1]
+    stamp, opening = rows[4].decode().split(",")[:2]
+    assert (order["created"], filled, at, size) == (
+        rows[3].decode().split(",")[0], "Completed", stamp, 10.0
+    )
+    assert price == pytest.approx(float(opening) * (1 + COSTLY["slippage"]))
+
+
+class ThreadWithResult:
+    """`work` on a thread; `result` waits for its return value."""
+
+    def __init__(self, work: Any) -> None:
+        self._value: Any = None
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Any) -> None:
+        self._value = work()
+
+    def result(self, timeout: float) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "still talking"
+        return self._value

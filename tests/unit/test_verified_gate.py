@@ -19,7 +19,8 @@ from backtest_sandbox.domain.models import RunError
 from backtest_sandbox.sandbox.conversation import ConversationThread
 from backtest_sandbox.sandbox.stdio import LineTooLong, StdioChannel
 from backtest_sandbox.verify.events import EventCheck, ProtocolViolation, parse_commit
-from backtest_sandbox.verify.gate import BarGate, GateLimits
+from backtest_sandbox.verify.gate import BarGate
+from backtest_sandbox.verify.referee import GateLimits
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -200,6 +201,8 @@ def test_a_refused_order_is_not_remembered_and_a_cancel_of_it_is_refused() -> No
 class ScriptedSide:
     """The strategy side of the pipe as a script: each read_line answers with the next item
     (a line, or an exception to raise); after the script, the end of the stream (None)."""
+
+    pipe_paths = None  # the gate serves the bars itself, as on the attach connection
 
     def __init__(self, *script: bytes | BaseException | None, open_for: int = 1000) -> None:
         self.script = list(script)

@@ -39,8 +39,8 @@ from backtest_sandbox.image import build as image
 from backtest_sandbox.sandbox.claim import CompletedClaim, InvalidClaim, parse_claim
 from backtest_sandbox.sandbox.runner import ProgressCallback, SandboxJob, SandboxRunner
 from backtest_sandbox.sandbox.supervisor import Verdict
-from backtest_sandbox.verify.gate import BarGate, GateLimits, step_rows
-from backtest_sandbox.verify.referee import RefereePool
+from backtest_sandbox.verify.gate import BarGate, step_rows
+from backtest_sandbox.verify.referee import GateLimits, RefereePool
 
 from . import order_log
 from .cache import cache_key

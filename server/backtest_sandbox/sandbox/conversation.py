@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from backtest_sandbox.domain.models import RunError
@@ -28,6 +29,11 @@ class BarChannel(Protocol):
     @property
     def end_grace_seconds(self) -> float:
         """How long its reader may take to end once the container stopped."""
+        ...
+
+    @property
+    def pipe_paths(self) -> tuple[Path, Path] | None:
+        """The two FIFOs (bars, commits) when the pipe is made of them."""
         ...
 
     def read_line(self, cap: int, timeout: float | None = None) -> bytes | None: ...

@@ -45,6 +45,7 @@ class FifoChannel:
         # Unlinked on the first line: the harness has opened both by then, and has not yet
         # loaded the strategy, which so never finds them (a read of bars.pipe would hang it).
         self._names: tuple[Path, ...] = (bars, commits)
+        self.pipe_paths: tuple[Path, Path] | None = (bars, commits)  # the referee serves them
         self._wake_read, self._wake_write = os.pipe()
         self._buffer = bytearray()
         self._ended = False

@@ -30,6 +30,7 @@ class StdioChannel:
 
     # Once the container stops, Docker ends the stream; the reader drains the logs until then.
     end_grace_seconds = JOIN_SECONDS
+    pipe_paths = None  # not FIFOs: the host itself serves the bars on this connection
 
     def __init__(self, connection: Any, log_cap: int) -> None:
         self._connection = connection  # what docker-py gave: closed with the socket

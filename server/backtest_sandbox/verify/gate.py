@@ -11,14 +11,14 @@ alongside the strategy, one bar behind.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from backtest_sandbox.domain.errors import ErrorType
+from backtest_sandbox.domain.errors import ErrorType, SandboxError
 from backtest_sandbox.domain.models import RunError
 
 from .events import EventCheck, ProtocolViolation, parse_commit
-from .referee import RefereeRun
+from .referee import GateLimits, RefereeRun
 
 END = b"E\n"  # no more bars
 EMPTY_COMMIT = b"[]"
@@ -50,18 +50,16 @@ def step_rows(feeds: Sequence[bytes]) -> list[bytes]:
 
 
 class LineChannel(Protocol):
-    """The pipe to the strategy side, as the sandbox provides it (sandbox/stdio.py)."""
+    """The pipe to the strategy side, as the sandbox provides it (sandbox/fifo.py, stdio.py)."""
+
+    @property
+    def pipe_paths(self) -> tuple[Path, Path] | None:
+        """The two FIFOs (bars, commits) when the pipe is made of them (runc)."""
+        ...
 
     def read_line(self, cap: int, timeout: float | None = None) -> bytes | None: ...
 
     def send(self, data: bytes) -> bool: ...
-
-
-@dataclass(frozen=True)
-class GateLimits:
-    max_message_bytes: int
-    max_events_per_bar: int
-    bar_seconds: float  # how long the strategy may take over one bar
 
 
 class BarGate:
@@ -82,9 +80,12 @@ class BarGate:
         """Serve every bar, then the end. None when the strategy side ended the conversation
         (its exit then decides the verdict); an error when it broke the pipe's rules.
 
+        Over FIFOs (runc) the referee serves the bars and this checks what it passes on
+        (`_check_for_referee`); over the attach connection (gVisor) this serves them itself.
         Every event is in once the conversation ends, so the referee is told the end at once:
         it finishes while the strategy side writes its claim and exits."""
-        problem = self._serve(channel)
+        paths = channel.pipe_paths
+        problem = self._serve(channel) if paths is None else self._check_for_referee(*paths)
         if problem is None:
             self.referee.end(self.released)
         return problem
@@ -98,37 +99,55 @@ class BarGate:
             try:
                 line = channel.read_line(limits.max_message_bytes, timeout)
             except TimeoutError:
-                return _error(
-                    ErrorType.TIMEOUT,
-                    f"the strategy did not finish bar {index} of {total} within "
-                    f"{limits.bar_seconds:g} s (the per-bar limit of a verified run)",
-                    limit_seconds=limits.bar_seconds,
-                    bar=index,
-                )
+                return self._late(index)
             except ValueError:  # LineTooLong
-                return _error(
-                    ErrorType.RESULT_INVALID,
-                    "the strategy side sent a message over the limit of "
-                    f"{limits.max_message_bytes} bytes on the bar pipe",
-                    bar=index,
-                )
+                return self._too_long(index)
             if line is None:
                 return None
             try:
                 self._commit(line, stamp=index - 1)
             except ProtocolViolation as e:
-                return _error(
-                    ErrorType.RESULT_INVALID,
-                    f"the strategy side broke the bar pipe's protocol at bar {index}: {e}",
-                    bar=index,
-                )
+                return _broken(index, e)
             if not channel.send(self._bars[index] if index < total else END):
                 return None
             self.released = min(index + 1, total)
         return None
 
-    def _commit(self, line: bytes, stamp: int) -> None:
-        """Check one commit, count it, and pass what is accepted to the referee."""
+    def _check_for_referee(self, bars: Path, commits: Path) -> RunError | None:
+        """The conversation when the referee holds the pipe (runner_image/barpipe.py): it
+        releases the bars and stamps the commits; this checks each commit it passes on and
+        answers with what is accepted, and learns the end, or the limit broken, from it.
+
+        The referee releases the next bar before this has checked the commit: a commit that
+        breaks the protocol ends the run one bar later than on the attach connection, with
+        the same verdict, and none of its events replayed."""
+        self.referee.serve(bars, commits, self._bars, self._limits)
+        while True:
+            message = self.referee.message()
+            if message is None:
+                return _error(
+                    ErrorType.SANDBOX_ERROR, "the referee ended while it served the bars"
+                )
+            kind, _, rest = message.partition(b" ")
+            if kind == b"C":
+                stamp_text, _, line = rest.partition(b" ")
+                stamp = int(stamp_text)
+                try:
+                    self._commit(line, stamp, answer_always=True)
+                except ProtocolViolation as e:
+                    return _broken(stamp + 1, e)
+            elif kind == b"X":
+                self.released = int(rest)
+                return None
+            elif kind == b"P":
+                limit, _, bar = rest.partition(b" ")
+                return self._late(int(bar)) if limit == b"timeout" else self._too_long(int(bar))
+            else:
+                raise SandboxError(f"the referee broke its protocol: {message[:80]!r}")
+
+    def _commit(self, line: bytes, stamp: int, answer_always: bool = False) -> None:
+        """Check one commit, count it, and pass what is accepted to the referee (all of it,
+        even nothing, when the referee waits for the answer)."""
         if line == EMPTY_COMMIT:  # most bars: nothing to parse, count or pass on
             return
         events = parse_commit(line, self._limits.max_events_per_bar)
@@ -136,8 +155,34 @@ class BarGate:
         # Nothing can be ordered before the first bar (stamp -1): all of it is refused.
         accepted = [event for event in events if stamp >= 0 and self._check.accept(event)]
         self.rejected_events += len(events) - len(accepted)
-        if accepted:
+        if accepted or answer_always:
             self.referee.send(stamp, accepted)
+
+    def _late(self, index: int) -> RunError:
+        limit = self._limits.bar_seconds
+        return _error(
+            ErrorType.TIMEOUT,
+            f"the strategy did not finish bar {index} of {len(self._bars)} within "
+            f"{limit:g} s (the per-bar limit of a verified run)",
+            limit_seconds=limit,
+            bar=index,
+        )
+
+    def _too_long(self, index: int) -> RunError:
+        return _error(
+            ErrorType.RESULT_INVALID,
+            "the strategy side sent a message over the limit of "
+            f"{self._limits.max_message_bytes} bytes on the bar pipe",
+            bar=index,
+        )
+
+
+def _broken(index: int, violation: ProtocolViolation) -> RunError:
+    return _error(
+        ErrorType.RESULT_INVALID,
+        f"the strategy side broke the bar pipe's protocol at bar {index}: {violation}",
+        bar=index,
+    )
 
 
 def _error(error_type: ErrorType, message: str, **details: object) -> RunError:

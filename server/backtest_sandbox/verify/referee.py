@@ -10,17 +10,29 @@ run does not wait for the imports; each is used once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backtest_sandbox.domain.errors import SandboxError
 from backtest_sandbox.image import build as image
 
 ERROR_TAIL_BYTES = 2000  # of the referee's stderr, in the error when it fails
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """What a verified run's strategy side may send on the bar pipe (domain/settings.py)."""
+
+    max_message_bytes: int
+    max_events_per_bar: int
+    bar_seconds: float  # how long the strategy may take over one bar
 
 
 def referee_command() -> list[str]:
@@ -48,6 +60,26 @@ class RefereeRun:
     def send(self, stamp: int, events: list[dict[str, Any]]) -> None:
         """Events the gate accepted and stamped with bar index `stamp` (increasing)."""
         self._write(json.dumps([stamp, events], allow_nan=False).encode() + b"\n")
+
+    def serve(self, bars: Path, commits: Path, steps: Sequence[bytes], limits: GateLimits) -> None:
+        """Hand the referee the bar pipe's two FIFOs (runc): it serves the steps itself from
+        now on, and tells of each commit, and of the end, through `message`."""
+        serve = {
+            "bars": str(bars),
+            "commits": str(commits),
+            "steps": b"".join(steps).decode("ascii"),
+            "max_message_bytes": limits.max_message_bytes,
+            "bar_seconds": limits.bar_seconds,
+        }
+        self._write(b"S " + json.dumps(serve).encode() + b"\n")
+
+    def message(self) -> bytes | None:
+        """The referee's next line while it serves the pipe, without its newline; None if it
+        ended instead (it failed: `finish` says why)."""
+        stdout = self._process.stdout
+        assert stdout is not None
+        line = stdout.readline()
+        return line[:-1] if line.endswith(b"\n") else None
 
     def end(self, bars: int) -> None:
         """End the events at `bars` bars released; the referee then finishes its replay and
@@ -100,8 +132,17 @@ class RefereeRun:
         self._reader.start()
 
     def _collect(self) -> None:
-        """Read the referee's whole answer; it has ended then."""
-        self._answer = self._process.communicate()
+        """Read the rest of the referee's stdout (after the messages `message` read), then its
+        stderr: it has ended then. (It writes to stderr only as it fails, a traceback: that
+        never fills the pipe while stdout is still open.)"""
+        stdout, stderr = self._process.stdout, self._process.stderr
+        assert stdout is not None and stderr is not None
+        with stdout, stderr:
+            self._answer = (stdout.read(), stderr.read())
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):  # it has ended: a flush may find no reader
+                self._process.stdin.close()
+        self._process.wait()
         self._on_done()
 
     def _write(self, data: bytes) -> None:
