@@ -974,6 +974,31 @@ def test_a_referee_serving_the_fifos_stamps_each_commit_with_the_newest_bar_rele
     assert price == pytest.approx(float(opening) * (1 + COSTLY["slippage"]))
 
 
+def test_closing_the_channel_ends_a_referee_whose_harness_never_opened_the_pipe(
+    tmp_path: Path,
+) -> None:
+    """A run stopped before its harness opened the FIFOs (a cancel, a kill at start-up): the
+    referee waits for the first commit with no per-bar bound, and Linux reports the end of a
+    FIFO only once a writer has come and gone; the channel's close makes one come and go."""
+    csv = orcl_csv(first="2006-01-01", end="2006-02-01")
+    referee = serving_referee(csv)
+    bars, commits = tmp_path / "bars.pipe", tmp_path / "commits.pipe"
+    os.mkfifo(bars)
+    os.mkfifo(commits)
+    channel = FifoChannel(bars, commits)
+    gate = BarGate(bar_rows(csv), referee, LIMITS)
+    talk = ThreadWithResult(lambda: gate.talk(channel))
+    try:
+        with pytest.raises(AssertionError, match="still talking"):
+            talk.result(1.0)  # the referee waits for a harness that never comes
+        channel.close()
+        assert talk.result(5.0) is None
+        assert gate.released == 0
+    finally:
+        referee.abort()
+        channel.release()
+
+
 class ThreadWithResult:
     """`work` on a thread; `result` waits for its return value."""
 

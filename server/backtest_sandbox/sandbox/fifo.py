@@ -17,6 +17,7 @@ is simply not ready; `close()` wakes the poll when the run ends without it ever 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import stat
@@ -92,11 +93,21 @@ class FifoChannel:
             self._buffer.clear()
 
     def close(self) -> None:
-        """End the channel; wakes a reader blocked in `read_line` or `drain`. Idempotent."""
+        """End the channel; wakes a reader blocked in `read_line` or `drain`, or in the
+        referee when it serves the pipe. Idempotent."""
         with self._lock:
             self._ended = True
             if not self._released:
                 os.write(self._wake_write, b"x")
+                self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Make a writer come and go on commits.pipe: every reader of it then sees its end
+        once the harness's end is closed too, as when a harness exits. A harness that never
+        opened it (the run stopped before) would otherwise leave the referee waiting for it.
+        Opened through our own descriptor, since the name may be gone."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(f"/proc/self/fd/{self._commits}", os.O_WRONLY | os.O_NONBLOCK))
 
     def release(self) -> None:
         """Close the file descriptors, once no thread reads the channel any more."""
