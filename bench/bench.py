@@ -144,12 +144,9 @@ class Bench:
         return backtest_id, submitted
 
     def wait_done(self, service: BacktestService, backtest_id: str) -> tuple[float, float]:
-        """(finished_at, final value) once the job is terminal."""
-        while True:
-            summary = service.summary(TENANT, backtest_id)
-            if summary.status.is_terminal:
-                break
-            time.sleep(0.005)
+        """(finished_at, final value) once the job is terminal. Woken by the store's write, as
+        the MCP server's waiting calls are: a polling loop here would take CPU from the run."""
+        summary = service.wait(TENANT, backtest_id, lambda job: job.status.is_terminal, 600)
         status = service.status(TENANT, backtest_id)
         assert status.status == "completed" and status.result is not None, status.error
         assert summary.finished_at is not None

@@ -212,6 +212,42 @@ def test_a_retried_start_does_nothing_new(
     assert worker.engine.runs == [backtest_id]
 
 
+def test_a_run_whose_server_died_before_starting_its_workflow_is_started_by_the_next(
+    settings: Settings, workers: Callable[..., WorkerThread]
+) -> None:
+    """A server writes a run's row, then starts its workflow. One that died in between left a
+    queued row that no worker would ever see; the next server to start hands it over."""
+    from backtest_sandbox.domain.config import parse_config
+    from backtest_sandbox.jobs.store import NewJob
+
+    parsed = parse_config(config(), max_timeout_seconds=600, max_memory_mb=4096)
+    orphan = NewJob(
+        id="bt_" + "d1ed" * 8,
+        tenant="local",
+        language="python",
+        code=CODE,
+        config_json=parsed.canonical_json(),
+        symbol=parsed.symbol,
+        timeframe=parsed.timeframe.name,
+    )
+    store = open_store(settings)
+    try:
+        store.insert(orphan)  # and the server died here: no workflow
+    finally:
+        store.close()
+    worker = workers()
+    time.sleep(2.0)
+    assert worker.engine.runs == []  # a worker alone never finds it
+    service = BacktestService(settings, FakeEngine(), open_store(settings))
+    service.start()
+    try:
+        assert wait_for(service, orphan.id, JobStatus.COMPLETED) is JobStatus.COMPLETED
+        assert worker.engine.runs == [orphan.id]
+        assert service.redispatch(queued_for=0.0) == 0  # nothing is queued any more
+    finally:
+        service.close()
+
+
 class Partition:
     """A TCP relay to Temporal that can be cut: every connection through it stops moving
     bytes at once, as a partitioned host's would (nothing is refused: calls time out)."""

@@ -84,7 +84,9 @@ def runner() -> types.SimpleNamespace:
     sys.dont_write_bytecode = True  # keep runner_image clean
     try:
         referee = importlib.import_module("referee")  # applies compat.py first
-        modules = {name: importlib.import_module(name) for name in ("backtest", "verified")}
+        modules = {
+            name: importlib.import_module(name) for name in ("backtest", "verified", "barpipe")
+        }
     finally:
         sys.path[:] = saved_path
         sys.dont_write_bytecode = writes_bytecode
@@ -997,6 +999,36 @@ def test_closing_the_channel_ends_a_referee_whose_harness_never_opened_the_pipe(
     finally:
         referee.abort()
         channel.release()
+
+
+def test_the_referee_polls_for_commits_only_while_that_pays(
+    tmp_path: Path, runner: types.SimpleNamespace
+) -> None:
+    """A window of spins that mostly find the commit already there keeps the referee polling;
+    one that mostly misses pauses the polling for SPIN_PAUSE commits (the core goes back to
+    the host), after which it tries again."""
+    barpipe = runner.barpipe
+    bars, commits = tmp_path / "bars.pipe", tmp_path / "commits.pipe"
+    os.mkfifo(bars)
+    os.mkfifo(commits)
+    holder = FifoChannel(bars, commits)  # the host's ends, as in a run
+    writer = os.open(commits, os.O_WRONLY | os.O_NONBLOCK)
+    server = barpipe.BarServer(str(bars), str(commits), [b"x\n"], 4096, 1.0)
+    try:
+        for _ in range(barpipe.SPIN_WINDOW):  # the commit is always there in time
+            os.write(writer, b"[]\n")
+            assert server._spin() == b"[]\n"  # noqa: SLF001
+        assert server._paused == 0  # noqa: SLF001
+        misses = barpipe.SPIN_MAX_MISSES + 1
+        for n in range(barpipe.SPIN_WINDOW):  # then late, more often than allowed
+            if n >= misses:
+                os.write(writer, b"[]\n")
+            assert server._spin() == (b"" if n < misses else b"[]\n")  # noqa: SLF001
+        assert server._paused == barpipe.SPIN_PAUSE  # noqa: SLF001
+    finally:
+        server.close()
+        os.close(writer)
+        holder.release()
 
 
 class ThreadWithResult:

@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 MAX_LIST_LIMIT = 200
 MAX_ATTEMPTS = 2  # a job interrupted by a dying server runs once more, then fails
 MAINTENANCE_SECONDS = 600.0  # how often retention and clean-up run
+# Temporal backend: a run queued this long may belong to a server that died between writing
+# its row and starting its workflow; upkeep starts it again (a second start is a no-op).
+REDISPATCH_AFTER_SECONDS = 60.0
 _CURSOR_PREFIX = "v2:"
 
 
@@ -132,7 +135,7 @@ class BacktestService:
             cache_max_entries=settings.cache_max_entries,
             on_change=self._changed,
         )
-        self._maintenance = _Every(MAINTENANCE_SECONDS, self.maintain)
+        self._maintenance = _Every(MAINTENANCE_SECONDS, self._upkeep)
         self._sweeps = sweeps.SweepCoordinator(
             self._store,
             self._results,
@@ -170,6 +173,7 @@ class BacktestService:
         if self.settings.backend == "temporal":
             self.maintain()
             self._scheduler.start()
+            self.redispatch(queued_for=0.0)  # a crashed server's runs wait no longer
             self._sweeps.start()  # every server follows every running sweep
             self._maintenance.start()
             return Recovery(requeued=0, failed=0, queued=0)
@@ -214,6 +218,10 @@ class BacktestService:
             except Exception:  # a listener's fault must not fail the job's own bookkeeping
                 logger.exception("a status listener failed")
 
+    def _upkeep(self) -> None:
+        self.maintain()
+        self.redispatch()
+
     def maintain(self) -> None:
         """Storage upkeep, at start and every MAINTENANCE_SECONDS: results of a version 1
         store move to files, jobs past the retention period go, and result files a crash
@@ -231,6 +239,34 @@ class BacktestService:
                 if not purged:
                     break
         self._results.remove_strays(self._store.result_digests())
+
+    def redispatch(self, queued_for: float = REDISPATCH_AFTER_SECONDS) -> int:
+        """Temporal backend: start again the workflow of every run queued for `queued_for`
+        seconds or more; the count handed over. A server writes a run's row, then starts its
+        workflow: one that dies in between leaves a row no worker will ever see. Starting a
+        workflow that exists, or existed, does nothing, so every row is simply started again.
+        """
+        if self.settings.backend != "temporal":
+            return 0
+        started = 0
+        for job in self._store.queued_runs(created_before=time.time() - queued_for):
+            again = NewJob(
+                id=job.id,
+                tenant=job.tenant,
+                language=job.language,
+                code=job.code,
+                config_json=job.config_json,
+                symbol=job.symbol,
+                timeframe=job.timeframe,
+                parent=job.parent,
+            )
+            try:
+                self._scheduler.submitted(again)
+            except BacktestSandboxError as e:  # Temporal unreachable: the next upkeep retries
+                logger.warning("could not start the workflow of queued %s again: %s", job.id, e)
+                break
+            started += 1
+        return started
 
     def close(self) -> None:
         """Stop the workers (their jobs go back to the queue), then the engine and the store."""

@@ -311,6 +311,10 @@ class JobStore(Protocol):
         """Every sweep not yet terminal (to finish after a restart)."""
         ...
 
+    def queued_runs(self, created_before: float) -> list[Job]:
+        """Every backtest (not a sweep) still queued that was submitted before the time."""
+        ...
+
     def sweep_summary(self, job_id: str) -> str | None:
         """A sweep's stored state (jobs/sweeps.py), or None."""
         ...

@@ -503,6 +503,15 @@ class SqlJobStore(ABC):
             ).fetchall()
         return [row["id"] for row in rows]
 
+    def queued_runs(self, created_before: float) -> list[Job]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND kind = 'backtest'"
+                " AND created_at < ? ORDER BY created_at, seq",
+                (created_before,),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
     def sweep_summary(self, job_id: str) -> str | None:
         with self._connection() as conn:
             row = conn.execute("SELECT summary_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
