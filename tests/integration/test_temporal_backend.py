@@ -185,7 +185,6 @@ def test_a_queued_cancel_never_runs(
 def test_a_retried_start_does_nothing_new(
     settings: Settings, service: BacktestService, workers: Callable[..., WorkerThread]
 ) -> None:
-    from backtest_sandbox.jobs.store import NewJob
     from backtest_sandbox.jobs.temporal.dispatch import TemporalDispatcher
 
     worker = workers()
@@ -193,15 +192,7 @@ def test_a_retried_start_does_nothing_new(
     wait_for(service, backtest_id, JobStatus.COMPLETED)
     job = service._store.job(backtest_id)  # noqa: SLF001 - the row the submit wrote
     assert job is not None
-    again = NewJob(
-        id=job.id,
-        tenant=job.tenant,
-        language=job.language,
-        code=job.code,
-        config_json=job.config_json,
-        symbol=job.symbol,
-        timeframe=job.timeframe,
-    )
+    again = job.queued_again()
     dispatcher = TemporalDispatcher(settings)
     dispatcher.start()
     try:

@@ -250,18 +250,8 @@ class BacktestService:
             return 0
         started = 0
         for job in self._store.queued_runs(created_before=time.time() - queued_for):
-            again = NewJob(
-                id=job.id,
-                tenant=job.tenant,
-                language=job.language,
-                code=job.code,
-                config_json=job.config_json,
-                symbol=job.symbol,
-                timeframe=job.timeframe,
-                parent=job.parent,
-            )
             try:
-                self._scheduler.submitted(again)
+                self._scheduler.submitted(job.queued_again())
             except BacktestSandboxError as e:  # Temporal unreachable: the next upkeep retries
                 logger.warning("could not start the workflow of queued %s again: %s", job.id, e)
                 break

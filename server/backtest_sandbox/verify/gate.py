@@ -6,6 +6,10 @@ did up to step t. Each commit is stamped with the newest step (bar index) the ga
 released, whatever the strategy says of itself: a strategy that pulls bars early only gets its
 orders stamped late. What it accepts goes on to the referee as it comes, so the replay runs
 alongside the strategy, one bar behind.
+
+Under runc the referee holds the pipe's two FIFOs and does the releasing, stamping, timing
+and capping itself (runner_image/barpipe.py, for speed: README "Verified mode", Cost); the
+gate then checks each commit the referee passes on. The checks are the same either way.
 """
 
 from __future__ import annotations

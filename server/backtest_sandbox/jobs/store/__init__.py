@@ -60,6 +60,19 @@ class Job(JobSummary):
     cache_key: str | None
     result_digest: str | None
 
+    def queued_again(self) -> NewJob:
+        """The row as it was submitted: what a workflow needs to be started (again)."""
+        return NewJob(
+            id=self.id,
+            tenant=self.tenant,
+            language=self.language,
+            code=self.code,
+            config_json=self.config_json,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            parent=self.parent,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
