@@ -510,6 +510,30 @@ def frame(stream: int, payload: bytes) -> bytes:
     return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
 
 
+def run_dirs(root: Path) -> tuple[Path, Path]:
+    """A run directory's in/ and out/, with the two out files the host pre-creates, empty."""
+    job, out = root / "in", root / "out"
+    job.mkdir()
+    out.mkdir()
+    for name in ("result.json", "progress"):
+        (out / name).touch()
+    return job, out
+
+
+def verified_spec(code: str, broker: dict[str, float], bars: int, pipe: Any) -> dict[str, Any]:
+    return {
+        "protocol": 1, "mode": "verified", "pipe": pipe, "code": textwrap.dedent(code),
+        "filename": "strategy.py", "params": {}, "broker": broker,
+        "data": {"timeframe": "D1", "bars": bars},
+    }  # fmt: skip
+
+
+def harness_command(job: Path, out: Path) -> list[str]:
+    """The harness as the container runs it, on the host's Python."""
+    harness = [sys.executable, "-I", str(RUNNER / "harness.py")]
+    return [*harness, "--job-dir", str(job), "--out-dir", str(out)]
+
+
 class AttachedHarness:
     """The harness run as a verified run's container runs it, on the host: its stdin, stdout
     and stderr carried over one socket as Docker's attach connection carries them, read on the
@@ -524,24 +548,15 @@ class AttachedHarness:
         names: list[str] | None = None,
     ) -> None:
         """`csv` is feed 0's bars; `names`, when given, name the run's feeds (PROTOCOL.md)."""
-        job, out = root / "in", root / "out"
-        job.mkdir()
-        out.mkdir()
-        for name in ("result.json", "progress"):  # the host pre-creates both, empty
-            (out / name).touch()
+        job, out = run_dirs(root)
         self.result_path = out / "result.json"
         self.bars = bar_rows(csv)
-        spec: dict[str, Any] = {
-            "protocol": 1, "mode": "verified", "pipe": "stdio", "code": textwrap.dedent(code),
-            "filename": "strategy.py", "params": {}, "broker": broker,
-            "data": {"timeframe": "D1", "bars": len(self.bars)},
-        }  # fmt: skip
+        spec = verified_spec(code, broker, len(self.bars), pipe="stdio")
         if names is not None:
             spec["data"]["feeds"] = [{"name": name} for name in names]
         (job / "spec.json").write_text(json.dumps(spec))  # no data.csv: the bars come by pipe
-        harness = [sys.executable, "-I", str(RUNNER / "harness.py")]
         self.process = subprocess.Popen(
-            [*harness, "--job-dir", str(job), "--out-dir", str(out)],
+            harness_command(job, out),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -610,28 +625,17 @@ class FifoHarness:
     to the referee (runner_image/barpipe.py); the strategy's output is its stdout and stderr."""
 
     def __init__(self, root: Path, code: str, csv: str, broker: dict[str, float]) -> None:
-        job, out = root / "in", root / "out"
-        job.mkdir()
-        out.mkdir()
-        for name in ("result.json", "progress"):  # the host pre-creates both, empty
-            (out / name).touch()
+        job, out = run_dirs(root)
         self.result_path = out / "result.json"
         bars, commits = job / "bars.pipe", out / "commits.pipe"
         os.mkfifo(bars)
         os.mkfifo(commits)
         self.channel = FifoChannel(bars, commits)  # opened before the harness can open them
-        spec: dict[str, Any] = {
-            "protocol": 1, "mode": "verified", "code": textwrap.dedent(code),
-            "pipe": {"bars": str(bars), "commits": str(commits)},
-            "filename": "strategy.py", "params": {}, "broker": broker,
-            "data": {"timeframe": "D1", "bars": len(bar_rows(csv))},
-        }  # fmt: skip
+        pipe = {"bars": str(bars), "commits": str(commits)}
+        spec = verified_spec(code, broker, len(bar_rows(csv)), pipe=pipe)
         (job / "spec.json").write_text(json.dumps(spec))
-        harness = [sys.executable, "-I", str(RUNNER / "harness.py")]
         self.process = subprocess.Popen(
-            [*harness, "--job-dir", str(job), "--out-dir", str(out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            harness_command(job, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
 
     def talk(self, gate: BarGate) -> tuple[Any, tuple[str, bool] | None, dict[str, Any]]:
