@@ -1,7 +1,8 @@
 """The referee of a verified run: replays the committed events over the bars; runs no user code.
 
-Run as `python3 -I referee.py` by the host (a trusted process: PROTOCOL.md "The referee"). It
-starts, imports Backtrader, and waits on stdin for one job:
+Run as `python3 -I referee.py` by the host (a trusted process: PROTOCOL.md "The referee"), or
+forked with Backtrader imported by referee_server.py, the same from `main` on. It waits on stdin
+for one job:
 
     line 1       {"protocol": 1, "timeframe": "D1", "broker": {...},
                   "feeds": [{"name": "ORCL", "bars_csv": "<data.csv>"}, ...]}

@@ -4,26 +4,37 @@ It runs runner_image/referee.py (our code, never a strategy's) with the host's o
 that it shares the harness's result code (runner_image/backtest.py and recorder.py) and the
 two sides can only differ by what happened in the run. It is a separate process, not a thread
 of the server: a replay of many bars holds no lock the MCP server's event loop needs, and a
-fault in it ends one run, not the server. A few are kept started, Backtrader imported, so a
-run does not wait for the imports; each is used once.
+fault in it ends one run, not the server. Each run's is forked by one long-lived fork server
+(runner_image/referee_server.py) that has Backtrader imported: a fresh process per run, without
+the ~0.5 s of CPU a fresh one spends on its imports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import queue
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 from backtest_sandbox.domain.errors import SandboxError
 from backtest_sandbox.image import build as image
 
 ERROR_TAIL_BYTES = 2000  # of the referee's stderr, in the error when it fails
+FORK_SECONDS = 60.0  # for the server to fork a referee, its imports included if just started
+END_SECONDS = 5.0  # for the server to end once our end of its socket is closed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,15 +51,29 @@ def referee_command() -> list[str]:
     return [sys.executable, "-I", str(script)]
 
 
+class RefereeProcess(Protocol):
+    """What a RefereeRun needs of its referee: a subprocess.Popen, or a child of the server."""
+
+    stdin: IO[bytes] | None
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self) -> int: ...
+
+
 class RefereeRun:
     """One referee process, for one run: the job header, the events, then the answer."""
 
-    def __init__(
-        self, process: subprocess.Popen[bytes], on_done: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, process: RefereeProcess) -> None:
         self._process = process
         self._broken = False
-        self._on_done = on_done  # called once the process has ended
         self._answer: tuple[bytes, bytes] | None = None  # (stdout, stderr) once it ended
         self._reader: threading.Thread | None = None  # collects the answer, once started
         self._reader_lock = threading.Lock()  # the gate's thread ends, the engine's aborts
@@ -143,7 +168,6 @@ class RefereeRun:
             with contextlib.suppress(OSError):  # it has ended: a flush may find no reader
                 self._process.stdin.close()
         self._process.wait()
-        self._on_done()
 
     def _write(self, data: bytes) -> None:
         stdin = self._process.stdin
@@ -156,84 +180,192 @@ class RefereeRun:
 
 
 class RefereePool:
-    """Started referee processes, Backtrader imported, each waiting for one job."""
+    """The fork server that starts every run's referee, started again if it ends."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._idle: list[subprocess.Popen[bytes]] = []
+    def __init__(self) -> None:
+        self._server: _ForkServer | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._refilling = False  # `warm` fills it; then each run's end refills
 
     def take(self) -> RefereeRun:
-        """A referee for one run: a warm one if there is one, else one started now.
+        """A referee for one run, forked by the server (started now if none is running).
 
         Raises:
-            SandboxError: the referee could not be started.
+            SandboxError: the server could not be started, or ended before it forked one.
         """
+        for _ in range(2):  # a server found dead only now: once more with a new one
+            server = self._running()
+            try:
+                return RefereeRun(server.fork())
+            except _Gone:
+                pass
+        raise SandboxError(f"the referee's fork server failed: {server.why}")
+
+    def warm(self) -> None:
+        """Start the server, so that the first run finds Backtrader imported."""
+        with contextlib.suppress(SandboxError):  # take() will say why
+            self._running()
+
+    def close(self) -> None:
+        """Stop the server and the referees it forked. Final."""
+        with self._lock:
+            self._closed = True
+            server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    def _running(self) -> _ForkServer:
         with self._lock:
             if self._closed:
                 raise SandboxError("the referee pool is closed")
-            process = self._idle.pop() if self._idle else None
-        if process is None or process.poll() is not None:
-            process = _start()
-        # Refilled once this run's referee is done: starting one (imports, ~0.5 s of CPU)
-        # while the run goes on would take a core from it.
-        return RefereeRun(process, on_done=self._refill_soon)
+            if self._server is None or self._server.gone:
+                if self._server is not None:
+                    why = self._server.why
+                    log.warning("the referee's fork server ended, starting a new one: %s", why)
+                self._server = _ForkServer()
+            return self._server
 
-    def warm(self) -> None:
-        """Start filling the pool in the background, so that the first run finds one ready."""
-        self._refill_soon()
+
+class _Gone(Exception):
+    """The fork server ended."""
+
+
+class _ForkServer:
+    """runner_image/referee_server.py: forks a referee per run, Backtrader already imported.
+
+    Runs with the host's Python, `-I`, and only our code, like referee.py itself. Its one
+    socket carries our fork requests (three pipe ends each) and its answers: each child's pid
+    and pidfd, then its exit code; a thread here routes them.
+    """
+
+    def __init__(self) -> None:
+        script = image.runner_root() / image.RUNNER_DIR / "referee_server.py"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - its stderr; closed by _read
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", str(script), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._errors,
+                pass_fds=(theirs.fileno(),),
+            )
+        except OSError as e:
+            ours.close()
+            self._errors.close()
+            raise SandboxError(f"the referee's fork server could not be started: {e}") from e
+        finally:
+            theirs.close()
+        self.gone = False
+        self.why = ""  # how it ended, once gone
+        self._socket = ours
+        self._lock = threading.Lock()  # one request at a time: its answer is the next fork
+        self._forked: queue.Queue[_Child | None] = queue.Queue()  # None once it is gone
+        self._children: dict[int, _Child] = {}  # by pid, until it ends; the reader's alone
+        self._reader = threading.Thread(target=self._read, name="referee-server", daemon=True)
+        self._reader.start()
+
+    def fork(self) -> _Child:
+        """A new referee waiting for its job on stdin.
+
+        Raises:
+            _Gone: the server has ended, or ended before it forked one.
+        """
+        pipes = [os.pipe() for _ in range(3)]  # its stdin, stdout and stderr: (read, write)
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+        ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
+        child: _Child | None = None
+        try:
+            with self._lock:
+                socket.send_fds(self._socket, [b"R"], theirs)
+                child = self._forked.get(timeout=FORK_SECONDS)
+        except OSError:
+            pass  # its end is closed: it is gone
+        except queue.Empty:
+            self._process.kill()  # it cannot answer: ended, the next take() starts a new one
+        finally:
+            for fd in theirs:
+                os.close(fd)  # in the child's hands now (or no one's)
+        if child is None:
+            self._forked.put(None)  # for the next one that asks
+            for fd in ours:
+                os.close(fd)
+            raise _Gone
+        child.stdin = open(ours[0], "wb")  # noqa: SIM115 - RefereeRun closes them
+        child.stdout = open(ours[1], "rb")  # noqa: SIM115
+        child.stderr = open(ours[2], "rb")  # noqa: SIM115
+        return child
 
     def close(self) -> None:
-        """Stop the idle referees. Final."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for process in idle:
-            process.kill()
-            process.communicate()
+        """End the server and its children (its end sees ours close)."""
+        with contextlib.suppress(OSError):  # the reader may have closed it: gone already
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._reader.join()
 
-    def _refill_soon(self) -> None:
+    def _read(self) -> None:
+        """Hand each fork to `fork`, each exit code to its child; at the end, end them all."""
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self._socket, 64, 1)
+            except OSError:
+                break
+            if not message:
+                break
+            kind, pid, *code = message.split()
+            if kind == b"F":
+                os.set_inheritable(fds[0], False)
+                self._children[int(pid)] = child = _Child(fds[0])
+                self._forked.put(child)
+            else:
+                self._children.pop(int(pid)).ended(int(code[0]))
+        for child in self._children.values():  # it killed them, or died before: make sure
+            child.kill()
+            child.ended(-signal.SIGKILL)
+        self._socket.close()
+        try:
+            self._process.wait(timeout=END_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        with self._errors:
+            self._errors.seek(0)
+            tail = self._errors.read().decode(errors="replace")[-ERROR_TAIL_BYTES:]
+        self.why = f"exit {self._process.returncode}" + (f": {tail}" if tail else "")
+        self.gone = True
+        self._forked.put(None)
+
+
+class _Child:
+    """A referee the server forked, as a RefereeRun uses a Popen: pipes, kill, exit code."""
+
+    def __init__(self, pidfd: int) -> None:
+        self.stdin: IO[bytes] | None = None  # set by fork()
+        self.stdout: IO[bytes] | None = None
+        self.stderr: IO[bytes] | None = None
+        self.returncode: int | None = None
+        self._pidfd = pidfd  # -1 once it ended: then its pid may be another process's
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self) -> int:
+        self._ended.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
         with self._lock:
-            if self._refilling or self._closed:
+            if self._pidfd >= 0:
+                with contextlib.suppress(ProcessLookupError):  # ended, not yet reported
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def ended(self, code: int) -> None:
+        with self._lock:
+            if self._pidfd < 0:
                 return
-            self._refilling = True
-        threading.Thread(target=self._refill, name="referee-refill", daemon=True).start()
-
-    def _refill(self) -> None:
-        try:
-            while self._fill_one():
-                pass
-        finally:
-            with self._lock:
-                self._refilling = False
-
-    def _fill_one(self) -> bool:
-        with self._lock:
-            if self._closed or len(self._idle) >= self._size:
-                return False
-        try:
-            process = _start()
-        except SandboxError:
-            return False  # take() will start one itself, and say why it cannot
-        with self._lock:
-            if not self._closed:
-                self._idle.append(process)
-                return True
-        process.kill()
-        process.communicate()
-        return False
-
-
-def _start() -> subprocess.Popen[bytes]:
-    try:
-        return subprocess.Popen(
-            referee_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-        )
-    except OSError as e:
-        raise SandboxError(f"the referee could not be started: {e}") from e
+            os.close(self._pidfd)
+            self._pidfd = -1
+            self.returncode = code
+        self._ended.set()
