@@ -2,7 +2,9 @@
 
 Runs as `python3 -I /opt/runner/harness.py [--job-dir /job] [--out-dir /out]` inside the
 runner container and implements runner_image/PROTOCOL.md, version 1. It imports nothing from
-the host's package. It prints nothing: stdout and stderr belong to the strategy.
+the host's package. It prints nothing: stdout and stderr belong to the strategy. Handed a
+session instead of a job, it runs the session's jobs, each in a process forked from it
+(session.py).
 
 Exit status: 0 once result.json is written (`completed` or `runtime_error`); anything else is
 a fault of the harness or of the host's input, left to crash with a traceback on stderr.
@@ -38,6 +40,7 @@ import failure  # noqa: E402
 import friendly  # noqa: E402
 import pipefeed  # noqa: E402
 import recorder  # noqa: E402
+import session  # noqa: E402
 import verified  # noqa: E402
 
 PROTOCOL = backtest.PROTOCOL
@@ -64,8 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     datafeed.warm_up()
     spec = wait_for_spec(os.path.join(args.job_dir, "spec.json"))
-    result = run_job(spec, args.job_dir, args.out_dir)
-    write_result(os.path.join(args.out_dir, "result.json"), result)
+    if "session" in spec:  # several jobs of one sweep, each in a process forked from this one
+        session.serve(spec["session"], args.job_dir, args.out_dir, run_and_write)
+    else:
+        run_and_write(spec, args.job_dir, args.out_dir)
+
+
+def run_and_write(spec: dict[str, Any], job_dir: str, out_dir: str) -> None:
+    """Run one job and write its result.json (raises as run_job does)."""
+    write_result(os.path.join(out_dir, "result.json"), run_job(spec, job_dir, out_dir))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,7 +10,10 @@ inside where a runtime allows it (gVisor) ends the container: the same outcome.
 
 The deadline: an idle container (a warm one waiting for its job) lives at most
 `--idle-seconds`; once the job spec is in /job, the run lives at most the spec's
-`deadline_seconds` (the config's timeout plus a grace the host chose) from then on.
+`deadline_seconds` (the config's timeout plus a grace the host chose) from then on. A session
+(session.py: several jobs, /job/runs/1/spec.json, 2, ...) lives at most its own
+`deadline_seconds` past its start, and past the arrival of each job's spec at most that
+spec's `deadline_seconds` plus the session's `idle_seconds`.
 
 Standard library only and no imports of the harness: it starts in milliseconds, and nothing
 the strategy does to its own process's modules reaches it.
@@ -59,19 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     for signum in FORWARDED:
         signal.signal(signum, forward)
 
-    deadline = started + args.idle_seconds
-    spec_seen = False
+    clock = Deadline(args.spec, started + args.idle_seconds)
     while True:
         status = _reap(child)
         if status is not None:
             _kill_everything()  # a daemon the strategy left behind dies with the run
             return status
-        if not spec_seen:
-            limit = _spec_deadline(args.spec)
-            if limit is not None:
-                spec_seen = True
-                deadline = time.monotonic() + limit
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= clock.update():
             print(
                 "backtest-sandbox init: the container passed its own deadline; ending it",
                 file=sys.stderr,
@@ -97,14 +94,44 @@ def _reap(child: int) -> int | None:
             return os.WEXITSTATUS(status)
 
 
-def _spec_deadline(path: str) -> float | None:
-    """The spec's `deadline_seconds`, once the spec is there (the host renames it in whole)."""
+class Deadline:
+    """When the container must end, moved on as the job spec (or a session's specs) arrive."""
+
+    def __init__(self, spec_path: str, idle_deadline: float) -> None:
+        self._spec_path = spec_path
+        self._runs_dir = os.path.join(os.path.dirname(spec_path), "runs")
+        self.at = idle_deadline
+        self._spec_seen = False
+        self._session_idle: float | None = None  # set once the spec is a session's
+        self._next_run = 1
+
+    def update(self) -> float:
+        if not self._spec_seen:
+            spec = _read_spec(self._spec_path)
+            if spec is not None:
+                self._spec_seen = True
+                self.at = time.monotonic() + float(spec["deadline_seconds"])
+                if "session" in spec:
+                    self._session_idle = float(spec["session"]["idle_seconds"])
+        elif self._session_idle is not None:
+            path = os.path.join(self._runs_dir, str(self._next_run), "spec.json")
+            spec = _read_spec(path)
+            if spec is not None:
+                self._next_run += 1
+                run_end = time.monotonic() + float(spec["deadline_seconds"]) + self._session_idle
+                self.at = max(self.at, run_end)
+        return self.at
+
+
+def _read_spec(path: str) -> dict[str, object] | None:
+    """The spec with its `deadline_seconds`, once it is there (the host renames it in whole)."""
     try:
         with open(path, encoding="utf-8") as stream:
             spec = json.load(stream)
-        return float(spec["deadline_seconds"])
+        float(spec["deadline_seconds"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return spec if isinstance(spec, dict) else None
 
 
 def _kill_everything() -> None:

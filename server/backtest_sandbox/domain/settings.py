@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Parameter sweeps (README "Parameter sweeps"): the largest grid, and how many of its
     # combinations one tenant may have waiting across its sweeps.
     max_sweep_combinations: int = Field(500, ge=1)
+    # How long a worker keeps a sweep's container after one of its combinations, for the
+    # next (a session: README "Parameter sweeps"); 0 runs each in a container of its own.
+    session_keep_seconds: float = Field(5.0, ge=0)
     tenant_max_queued_combinations: int = Field(1000, ge=1)
     # What a tenant may keep (README "Storage"): jobs of every status, cache hits included,
     # and the bytes of its stored results. None: no limit.

@@ -59,6 +59,8 @@ class RunRequest:
     config: BacktestConfig
     language: Language = "python"
     tenant: str = "local"
+    # The sweep the run belongs to: its combinations may share a container (sandbox/session.py).
+    session: str | None = None
 
     @property
     def code_sha256(self) -> str:
@@ -166,6 +168,7 @@ class Engine:
                 timeout_seconds=config.timeout_seconds,
                 expected_bars=data.bars,
                 conversation=gate,
+                session=_session_key(request),
             ),
             cancel=cancel,
             on_progress=on_progress,
@@ -247,14 +250,14 @@ class Engine:
         return published, integrity
 
     def warm_up(self) -> None:
-        """Start the referees of verified runs (Backtrader imported, ~0.5 s of CPU each) in
-        the background, so that the first verified run does not wait for one."""
+        """Start the referees' fork server (it imports Backtrader, ~0.5 s of CPU, once) in the
+        background, so that the first verified run does not wait for it."""
         self._referee_pool().warm()
 
     def _referee_pool(self) -> RefereePool:
         with self._referees_lock:
             if self._referees is None:
-                self._referees = RefereePool(self.settings.max_workers)
+                self._referees = RefereePool()
             return self._referees
 
     def remove_orphans(self) -> int:
@@ -410,14 +413,15 @@ def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]
     """The job spec of runner_image/PROTOCOL.md."""
     config = request.config
     fast = config.mode == "fast"
-    # Fast: one file per feed; verified: the names only (the bars come through the gate).
+    # Fast: one file per feed, named relative to the job's directory (/job, or its run's
+    # directory in a session); verified: the names only (the bars come through the gate).
     feeds = [
-        {"name": feed.symbol, "path": f"/job/{name}"} if fast else {"name": feed.symbol}
+        {"name": feed.symbol, "path": name} if fast else {"name": feed.symbol}
         for feed, name in zip(data.feeds, _feed_files(data), strict=True)
     ]
     bars: dict[str, Any] = {"timeframe": config.timeframe.name, "bars": data.bars, "feeds": feeds}
     if fast:
-        bars["path"] = "/job/data.csv"  # feed 0's, as in a spec of one feed
+        bars["path"] = feeds[0]["path"]  # feed 0's, as in a spec of one feed
     return {
         "protocol": 1,
         "mode": config.mode,
@@ -428,6 +432,13 @@ def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]
         "analyzers": [spec.model_dump() for spec in config.analyzers],
         "data": bars,
     }
+
+
+def _session_key(request: RunRequest) -> str | None:
+    """Runs may share a container only with the same tenant's same code in the same sweep."""
+    if request.session is None:
+        return None
+    return f"{request.tenant}/{request.session}/{request.code_sha256}"
 
 
 def _feed_files(data: catalog.PreparedData) -> dict[str, bytes]:

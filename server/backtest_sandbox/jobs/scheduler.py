@@ -260,6 +260,7 @@ class Scheduler:
                 config=BacktestConfig.model_validate_json(job.config_json),
                 language=check_language(job.language),
                 tenant=job.tenant,
+                session=job.parent,
             )
         except (ValidationError, InvalidRequest) as e:
             # Written by an older server whose config rules have since changed.

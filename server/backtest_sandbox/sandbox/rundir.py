@@ -4,6 +4,9 @@
     <run dir>/out/  (root, 0755; mounted read-write at /out) result.json, progress,
                                                               commits.pipe
 
+A session's container (session.py) serves several runs: each has the same two directories
+nested in the session's, `in/runs/<n>/` and `out/runs/<n>/` (`RunDir.nested`).
+
 `out/` itself is not writable by the sandbox uid, so the sandbox can write the two files the
 host created for it and nothing else: it cannot plant a symlink, a FIFO or a directory, nor
 fill the host's disk with files. Reading back is still defensive: no symlink is followed, only
@@ -40,27 +43,59 @@ class RunDir:
     def __init__(self, root: Path, sandbox_uid: int) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix="run-", dir=root))
-        self.input_dir = self.path / "in"
-        self.output_dir = self.path / "out"
+        self._make(self.path / "in", self.path / "out", sandbox_uid, "/job", "/out")
+        self._trees: tuple[Path, ...] = (self.path,)  # what remove() deletes
+
+    @classmethod
+    def nested(cls, session: RunDir, number: int) -> RunDir:
+        """Run `number` of a session: `runs/<number>` inside the session's two directories."""
+        run = cls.__new__(cls)
+        session_runs = (session.input_dir / "runs", session.output_dir / "runs")
+        for runs in session_runs:
+            runs.mkdir(mode=0o755, exist_ok=True)
+        name = str(number)
+        run._make(
+            session_runs[0] / name,
+            session_runs[1] / name,
+            session.sandbox_uid,
+            f"{session.job_path}/runs/{name}",
+            f"{session.out_path}/runs/{name}",
+        )
+        run._trees = (run.input_dir, run.output_dir)
+        return run
+
+    def _make(
+        self, input_dir: Path, output_dir: Path, sandbox_uid: int, job_path: str, out_path: str
+    ) -> None:
+        self.input_dir = input_dir
+        self.output_dir = output_dir
         self.sandbox_uid = sandbox_uid
+        self.job_path = job_path  # where the container sees input_dir
+        self.out_path = out_path  # and output_dir
         self.input_dir.mkdir(mode=0o755)
         self.output_dir.mkdir(mode=0o755)
         for name in (RESULT_NAME, PROGRESS_NAME):
             self._create_sandbox_writable(self.output_dir / name)
 
+    def make_output_fifo(self, name: str) -> Path:
+        """A FIFO in out/ that only the sandbox uid may open (for writing): the one kind of
+        file besides the two above that the sandbox can write."""
+        path = self.output_dir / name
+        os.mkfifo(path)
+        if os.geteuid() == 0:
+            os.chown(path, self.sandbox_uid, self.sandbox_uid)
+            os.chmod(path, 0o600)
+        else:  # as for the result file: an unprivileged host lets any uid write it
+            os.chmod(path, 0o666)
+        return path
+
     def make_bar_pipes(self) -> tuple[Path, Path]:
         """The verified run's two FIFOs (fifo.py): bars, which the sandbox may only read, and
         commits, the one FIFO the sandbox may write. Returns (bars, commits)."""
-        bars, commits = self.input_dir / BARS_PIPE, self.output_dir / COMMITS_PIPE
+        bars = self.input_dir / BARS_PIPE
         os.mkfifo(bars)
         os.chmod(bars, 0o644)
-        os.mkfifo(commits)
-        if os.geteuid() == 0:
-            os.chown(commits, self.sandbox_uid, self.sandbox_uid)
-            os.chmod(commits, 0o600)
-        else:  # as for the result file: an unprivileged host lets any uid write it
-            os.chmod(commits, 0o666)
-        return bars, commits
+        return bars, self.make_output_fifo(COMMITS_PIPE)
 
     def _create_sandbox_writable(self, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -104,7 +139,8 @@ class RunDir:
         return done, total
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        for tree in self._trees:
+            shutil.rmtree(tree, ignore_errors=True)
 
 
 def new_run_dir(settings: Settings) -> RunDir:

@@ -29,11 +29,15 @@ from .fifo import FifoChannel
 from .logs import LogCollector, cap_logs
 from .pool import WarmPool
 from .rundir import BARS_PIPE, COMMITS_PIPE, RunDir, new_run_dir
+from .session import Session, Sessions
 from .stdio import StdioChannel
-from .supervisor import Verdict, decide, watch
+from .supervisor import Observation, Verdict, decide, watch
 
 ProgressCallback = Callable[[int, int], None]  # (bars done, bars total)
 DEFAULT_MEMORY_MB = 512  # what warm containers start with (the config's default)
+# A session's harness ends itself when no run comes for this long past the host's own keep
+# time: the host removes an idle session first whenever it is alive.
+SESSION_IDLE_SLACK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class SandboxJob:
     # Verified mode: the conversation held over the container's stdin and stdout while it
     # runs (the bar gate); None for a fast run, whose output is all logs.
     conversation: Conversation | None = None
+    # Runs with the same session (a sweep's combinations: one tenant, one code) may run one
+    # after another in one container, each in a process of its own (session.py).
+    session: str | None = None
 
 
 class SandboxRunner:
@@ -59,6 +66,7 @@ class SandboxRunner:
         self._client = client
         self._sandbox: Sandbox | None = None
         self._pool: WarmPool | None = None
+        self._sessions: Sessions | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -87,6 +95,11 @@ class SandboxRunner:
                         self.settings.effective_pool_size,
                         memory_mb=DEFAULT_MEMORY_MB,
                     )
+                # Sessions need the FIFOs of a run directory, which gVisor's build cannot open.
+                if self.settings.session_keep_seconds > 0 and self._sandbox.runtime != "runsc":
+                    self._sessions = Sessions(
+                        self.settings.session_keep_seconds, self.settings.max_workers
+                    )
             return self._sandbox
 
     @property
@@ -111,6 +124,8 @@ class SandboxRunner:
         sandbox = self.sandbox()
         if cancel is not None and cancel.is_set():  # cancelled while it was being prepared
             return Verdict(JobStatus.CANCELLED)
+        if job.session is not None and self._sessions is not None:
+            return self._run_in_session(sandbox, self._sessions, job, cancel, on_progress)
         warm = None
         if self._pool is not None:
             warm = self._pool.acquire(job.memory_mb, self.settings.pool_wait_seconds)
@@ -133,9 +148,7 @@ class SandboxRunner:
                 )
             collector = None
             if talk is None or channel.logs is None:  # else the output comes on the channel
-                collector = LogCollector(
-                    sandbox.log_stream(container), self.settings.log_cap_bytes
-                )
+                collector = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
             # The inputs first and the spec last.
             for name, data in job.inputs.items():
                 run_dir.write_input(name, data)
@@ -161,6 +174,107 @@ class SandboxRunner:
             if collector is not None:
                 kept = collector.result()
             logs, logs_cut = kept or cap_logs(sandbox.logs(container), self.settings.log_cap_bytes)
+        return self._verdict(
+            job, observation, talk, sandbox, container, warm is not None, logs, logs_cut
+        )
+
+    def _run_in_session(
+        self,
+        sandbox: Sandbox,
+        sessions: Sessions,
+        job: SandboxJob,
+        cancel: threading.Event | None,
+        on_progress: ProgressCallback | None,
+    ) -> Verdict:
+        """Run one job in its session's container, started for it if none is idle. The
+        container is kept for the session's next run unless this run ended it.
+
+        Raises:
+            SandboxError: Docker failed (the session's container is gone then).
+        """
+        key = f"{job.session}/{job.memory_mb}"
+        session = sessions.take(key) or self._open_session(sandbox, job, key)
+        warm = session.runs > 0 or session.warm
+        with ExitStack() as cleanup:
+            cleanup.callback(sessions.give_back, session)  # closes it unless still alive
+            run_dir = session.next_run()
+            cleanup.callback(run_dir.remove)
+            spec = dict(job.spec)
+            talk = None
+            if job.conversation is not None:
+                channel, spec["pipe"] = _fifo_channel(run_dir)
+                stop = functools.partial(sandbox.kill, session.container)
+                talk = ConversationThread(channel, job.conversation, stop)
+            collector, log_stream = session.collect_logs(run_dir, self.settings.log_cap_bytes)
+            cleanup.callback(log_stream.close)
+            for name, data in job.inputs.items():
+                run_dir.write_input(name, data)
+            spec["deadline_seconds"] = (
+                job.timeout_seconds + self.settings.self_deadline_grace_seconds
+            )
+            run_dir.write_spec(spec)
+            try:
+                observation = session.watch(
+                    run_dir,
+                    timeout_seconds=job.timeout_seconds,
+                    result_cap_bytes=self.settings.result_cap_bytes,
+                    cancel=cancel,
+                    on_progress=on_progress,
+                )
+            except BaseException:
+                session.alive = False
+                raise
+            if talk is not None:
+                talk.result()  # raises what the host's side of the conversation raised
+            log_stream.end()
+            logs, logs_cut = collector.result() or ("", False)
+        return self._verdict(
+            job, observation, talk, sandbox, session.container, warm, logs, logs_cut
+        )
+
+    def _open_session(self, sandbox: Sandbox, job: SandboxJob, key: str) -> Session:
+        """A container for a new session: a warm one if the pool has one, else started now.
+
+        Raises:
+            SandboxError: Docker failed, or the harness did not become the session's parent.
+        """
+        warm = None
+        if self._pool is not None:
+            warm = self._pool.acquire(job.memory_mb, self.settings.pool_wait_seconds)
+        if warm is not None:
+            container, run_dir = warm.container, warm.run_dir
+        else:
+            run_dir = new_run_dir(self.settings)
+            try:
+                container = sandbox.start(run_dir, job.memory_mb, job.backtest_id)
+            except SandboxError:
+                run_dir.remove()
+                raise
+        try:
+            session = Session(sandbox, container, run_dir, key, warm is not None)
+        except SandboxError:
+            sandbox.remove(container)
+            run_dir.remove()
+            raise
+        idle = self.settings.session_keep_seconds + SESSION_IDLE_SLACK_SECONDS
+        try:
+            session.open(idle_seconds=idle)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def _verdict(
+        self,
+        job: SandboxJob,
+        observation: Observation,
+        talk: ConversationThread | None,
+        sandbox: Sandbox,
+        container: Container,
+        warm: bool,
+        logs: str,
+        logs_cut: bool,
+    ) -> Verdict:
         verdict = decide(
             observation,
             timeout_seconds=job.timeout_seconds,
@@ -174,7 +288,7 @@ class SandboxRunner:
             image=sandbox.image,
             runtime=sandbox.runtime or "runc",
             container_id=container.id,
-            warm=warm is not None,
+            warm=warm,
         )
 
     def _bar_channel(
@@ -186,9 +300,7 @@ class SandboxRunner:
         if sandbox.runtime == "runsc":
             stdio = StdioChannel(sandbox.attach_stdio(container), self.settings.log_cap_bytes)
             return stdio, "stdio"
-        bars, commits = run_dir.make_bar_pipes()
-        names = {"bars": f"/job/{BARS_PIPE}", "commits": f"/out/{COMMITS_PIPE}"}
-        return FifoChannel(bars, commits), names
+        return _fifo_channel(run_dir)
 
     def remove_orphans(self) -> int:
         """Remove this project's containers whose owner process has died.
@@ -202,6 +314,9 @@ class SandboxRunner:
         """Remove the warm pool's containers and release the Docker client. Final."""
         with self._lock:
             self._closed = True
+            if self._sessions is not None:
+                self._sessions.close()
+                self._sessions = None
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
@@ -209,3 +324,13 @@ class SandboxRunner:
                 self._client.close()
             self._client = None
             self._sandbox = None
+
+
+def _fifo_channel(run_dir: RunDir) -> tuple[FifoChannel, dict[str, str]]:
+    """The bar pipe as two FIFOs in the run's directory, and how the job spec names them."""
+    bars, commits = run_dir.make_bar_pipes()
+    names = {
+        "bars": f"{run_dir.job_path}/{BARS_PIPE}",
+        "commits": f"{run_dir.out_path}/{COMMITS_PIPE}",
+    }
+    return FifoChannel(bars, commits), names

@@ -102,7 +102,7 @@ def watch(
         sandbox.kill(container)  # should never be needed: SIGKILL is not refusable
     state = sandbox.exit_state(container)
     if not (timed_out or cancelled):
-        state = _settle_oom_flag(sandbox, container, state)
+        state = settle_oom_flag(sandbox, container, state)
     result: bytes | None = None
     problem: str | None = None
     try:
@@ -120,7 +120,7 @@ def watch(
     )
 
 
-def _settle_oom_flag(sandbox: Sandbox, container: Container, state: ExitState) -> ExitState:
+def settle_oom_flag(sandbox: Sandbox, container: Container, state: ExitState) -> ExitState:
     """Docker's OOM flag, once it has settled.
 
     containerd reports the OOM event and the exit separately; under load dockerd may record
@@ -182,7 +182,8 @@ def decide(
         )
     if not o.result:
         return _failed(
-            ErrorType.CRASHED, "the process exited with code 0 without writing a result",
+            ErrorType.CRASHED,
+            "the process exited with code 0 without writing a result",
             exit_code=0,
         )
     try:

@@ -84,6 +84,7 @@ def _request(job: Job) -> RunRequest:
         config=BacktestConfig.model_validate_json(job.config_json),
         language=check_language(job.language),
         tenant=job.tenant,
+        session=job.parent,
     )
 
 
