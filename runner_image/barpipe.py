@@ -56,6 +56,7 @@ class BarServer:
         steps: Sequence[bytes],
         max_message_bytes: int,
         bar_seconds: float,
+        spin: bool = True,
     ) -> None:
         # The host holds both open already (bars.pipe read-write), so neither open waits.
         self._bars = _open_fifo(bars_path, os.O_WRONLY)
@@ -68,6 +69,7 @@ class BarServer:
         self._bar_seconds = bar_seconds
         self._buffer = bytearray()
         self._spins = self._misses = self._paused = 0  # this window's spins and misses
+        self._spin_enabled = spin  # off for a sweep's runs, as in the harness (pipefeed.py)
         self.index = 0  # commits read so far: the index of the next step to release
         self.released = 0  # steps handed to the strategy side
         self.over = False  # the end was sent, or the strategy side closed its end
@@ -122,7 +124,7 @@ class BarServer:
         has closed."""
         if self._paused:
             self._paused -= 1
-        else:
+        elif self._spin_enabled:
             chunk = self._spin()
             if chunk:
                 return chunk
@@ -142,7 +144,6 @@ class BarServer:
             except BlockingIOError:
                 continue
             return chunk or None
-
 
     def _spin(self) -> bytes:
         """Poll for up to SPIN_SECONDS: what came, or b"" (nothing yet, or no writer)."""

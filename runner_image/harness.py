@@ -115,7 +115,7 @@ def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:
     is_verified = spec.get("mode", "fast") == "verified"
     if is_verified:
         events = verified.EventLog()
-        channel = pipefeed.Channel(*verified.open_pipe(spec["pipe"]))
+        channel = pipefeed.Channel(*verified.open_pipe(spec["pipe"]), spin=spec.get("spin", True))
         leader = pipefeed.make_feed(
             channel, events.commit, data["timeframe"], data["bars"], feeds=len(feeds)
         )

@@ -29,7 +29,9 @@ END = b"E\n"
 
 # How long to poll for the answer before sleeping on it. The trusted side answers within tens
 # of microseconds; a process that sleeps for it pays a wake-up, and finds its caches cold, on
-# every bar. The spin is this process's own CPU time, inside its container's quota.
+# every bar. The spin is this process's own CPU time, inside its container's quota. A sweep's
+# runs (spec `"spin": false`) do not poll: they fill every core, and the CPU polled away is
+# theirs.
 SPIN_SECONDS = 0.0003
 READ_BYTES = 64 * 1024
 
@@ -37,11 +39,12 @@ READ_BYTES = 64 * 1024
 class Channel:
     """The two private file descriptors the bars come in on and the commits go out on."""
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
+    def __init__(self, read_fd: int, write_fd: int, spin: bool = True) -> None:
         os.set_blocking(read_fd, False)
         self._read_fd = read_fd
         self._write_fd = write_fd
         self._buffer = b""
+        self._spin_seconds = SPIN_SECONDS if spin else 0.0
 
     def exchange(self, commit: bytes) -> bytes:
         """Send one commit line; the trusted side's answer, one line.
@@ -52,7 +55,7 @@ class Channel:
         view = memoryview(commit + b"\n")
         while view:
             view = view[os.write(self._write_fd, view) :]
-        spin_until = time.perf_counter() + SPIN_SECONDS
+        spin_until = time.perf_counter() + self._spin_seconds
         while True:
             line, newline, rest = self._buffer.partition(b"\n")
             if newline:

@@ -121,6 +121,7 @@ class EventSource:
             serve["steps"].encode("ascii").splitlines(keepends=True),
             max_message_bytes=serve["max_message_bytes"],
             bar_seconds=serve["bar_seconds"],
+            spin=serve.get("spin", True),
         )
 
     def _serve(self, bar: int) -> None:

@@ -8,7 +8,8 @@ imports done, then becomes this loop, the parent of each run:
     wait for /job/runs/<n>/spec.json       (n = 1, 2, ...; gives up after `idle_seconds`)
     fork: the child runs that job as a harness would, with its own /job/runs/<n> and
           /out/runs/<n>, stdout and stderr on /out/runs/<n>/logs.pipe, and exits
-    reap it, kill every process it left, empty /tmp and /dev/shm
+    reap it, kill every process it left, empty /tmp, /dev/shm and /dev/mqueue, remove the
+          System V IPC objects it made
     report "<n> <exit status>" on the control FIFO
 
 The strategy runs as the same uid as this parent, so the parent is made non-dumpable first:
@@ -17,7 +18,8 @@ control FIFO, the only way the host hears a run's exit status, is unlinked by th
 the parent has opened it, and each child closes its copy before any user code runs. A child
 can still kill or stop the parent; the container then ends or times out, which is the same
 verdict it could get by itself. Nothing of one run reaches the next: its processes are dead,
-its files gone, and the next child is forked from the parent, whose memory it never touched.
+its files, message queues and shared memory gone, and the next child is forked from the
+parent, whose memory it never touched.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from collections.abc import Callable
 from typing import Any
 
 SPEC_POLL_SECONDS = 0.002
-SCRATCH_DIRS = ("/tmp", "/dev/shm")
+SCRATCH_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")  # what a run can write that outlives it
+# System V IPC objects outlive their maker too (the container's IPC namespace is private):
+# each /proc/sysvipc table, and the call that removes one of its entries by id.
+_IPC_RMID = 0
+_SYSV_REMOVE = {
+    "shm": lambda libc, ipc_id: libc.shmctl(ipc_id, _IPC_RMID, None),
+    "msg": lambda libc, ipc_id: libc.msgctl(ipc_id, _IPC_RMID, None),
+    "sem": lambda libc, ipc_id: libc.semctl(ipc_id, 0, _IPC_RMID),
+}
 LEFTOVER_WAIT_SECONDS = 5.0  # how long the processes a run left may take to die
 CONTROL_NAME = "control.pipe"
 LOGS_NAME = "logs.pipe"
@@ -60,6 +70,7 @@ def serve(session: dict[str, Any], job_dir: str, out_dir: str, run_one: RunOne) 
         status = _run_forked(spec, run_job_dir, run_out_dir, run_one, control)
         _kill_leftovers()
         _empty_scratch()
+        _remove_sysv_ipc()
         os.write(control, f"{number} {status}\n".encode())
         number += 1
 
@@ -146,6 +157,15 @@ def _empty_scratch() -> None:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
+
+
+def _remove_sysv_ipc() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for table, remove in _SYSV_REMOVE.items():
+        with open(f"/proc/sysvipc/{table}") as listing:
+            ids = [int(line.split()[1]) for line in listing.readlines()[1:]]
+        for ipc_id in ids:
+            remove(libc, ipc_id)
 
 
 def _set_dumpable(dumpable: bool) -> None:

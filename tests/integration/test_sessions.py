@@ -34,8 +34,13 @@ BASE = {"symbol": "ORCL", "timeframe": "D1", "start_date": "2010-01-01", "end_da
 # Prints what it finds of earlier runs, then leaves some behind: a file in /tmp and in
 # /dev/shm, and a process that would sleep for ten minutes.
 PROBE = """
+import ctypes
 import os
 import backtrader as bt
+
+def sysv(table):
+    with open(f"/proc/sysvipc/{table}") as listing:
+        return len(listing.readlines()) - 1
 
 class Probe(bt.Strategy):
     params = dict(tag=0, hog=0, spin=0, kill_parent=0)
@@ -43,7 +48,8 @@ class Probe(bt.Strategy):
     def __init__(self):
         pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
         print(f"TAG {self.p.tag} TMP {sorted(os.listdir('/tmp'))} "
-              f"SHM {sorted(os.listdir('/dev/shm'))} PROCS {len(pids)}")
+              f"SHM {sorted(os.listdir('/dev/shm'))} MQ {sorted(os.listdir('/dev/mqueue'))} "
+              f"SYSV {sysv('shm')} {sysv('msg')} {sysv('sem')} PROCS {len(pids)}")
         try:
             os.listdir(f"/proc/{os.getppid()}/fd")
             print("PARENT FDS READABLE")
@@ -56,6 +62,11 @@ class Probe(bt.Strategy):
             print("PARENT MEM REFUSED")
         open(f"/tmp/mark-{self.p.tag}", "w").write("x")
         open(f"/dev/shm/mark-{self.p.tag}", "w").write("x")
+        open(f"/dev/mqueue/mark-{self.p.tag}", "w").close()
+        libc = ctypes.CDLL(None)
+        assert libc.shmget(0, 4096, 0o1600) >= 0  # IPC_PRIVATE, IPC_CREAT | 0600
+        assert libc.msgget(0, 0o1600) >= 0
+        assert libc.semget(0, 1, 0o1600) >= 0
         if os.fork() == 0:
             import time
             time.sleep(600)
@@ -117,8 +128,8 @@ def test_runs_share_a_container_and_nothing_else(engine: Engine) -> None:
     assert len(containers) == 1, "the session's runs did not share its container"
     for tag, outcome in enumerate(outcomes):
         # init, the harness's parent and this run: the earlier runs' sleepers are gone, and so
-        # are their files.
-        assert probe_line(outcome) == f"TAG {tag} TMP [] SHM [] PROCS 3"
+        # are their files, message queues and System V objects.
+        assert probe_line(outcome) == f"TAG {tag} TMP [] SHM [] MQ [] SYSV 0 0 0 PROCS 3"
         assert "PARENT FDS REFUSED" in outcome.logs and "PARENT MEM REFUSED" in outcome.logs
         assert outcome.warm is (tag > 0)
 
@@ -150,7 +161,7 @@ def test_a_run_that_breaks_gets_its_verdict_and_the_next_run_completes(
     assert broken.status is JobStatus.FAILED and broken.error is not None
     assert broken.error.type is error_type, broken.error
     after = run(engine, tag=3)
-    assert probe_line(after) == "TAG 3 TMP [] SHM [] PROCS 3"
+    assert probe_line(after) == "TAG 3 TMP [] SHM [] MQ [] SYSV 0 0 0 PROCS 3"
     assert (container_of(after) == before) is kept
 
 

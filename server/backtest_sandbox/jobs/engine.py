@@ -213,7 +213,9 @@ class Engine:
             }
         )
         steps = step_rows([feed.csv_bytes for feed in data.feeds])
-        return BarGate(steps, referee, self._gate_limits, feeds=len(data.feeds))
+        return BarGate(
+            steps, referee, self._gate_limits, feeds=len(data.feeds), spin=_spins(request)
+        )
 
     def _referee_numbers(
         self,
@@ -431,7 +433,14 @@ def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]
         "broker": _broker(config),
         "analyzers": [spec.model_dump() for spec in config.analyzers],
         "data": bars,
+        "spin": _spins(request),
     }
+
+
+def _spins(request: RunRequest) -> bool:
+    """Whether a verified run's two sides poll for each other's message before they sleep:
+    a single run's latency gains, a sweep's runs already fill every core (pipefeed.py)."""
+    return request.session is None
 
 
 def _session_key(request: RunRequest) -> str | None:

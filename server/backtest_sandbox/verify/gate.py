@@ -70,11 +70,17 @@ class BarGate:
     """One verified run's gate. `talk` holds the conversation; the counts stay readable."""
 
     def __init__(
-        self, bars: Sequence[bytes], referee: RefereeRun, limits: GateLimits, feeds: int = 1
+        self,
+        bars: Sequence[bytes],
+        referee: RefereeRun,
+        limits: GateLimits,
+        feeds: int = 1,
+        spin: bool = True,
     ) -> None:
         self._bars = bars  # one step each (`step_rows`), newline included
         self.referee = referee  # gets what is accepted as it comes; the caller finishes it
         self._limits = limits
+        self._spin = spin  # whether the referee may poll for commits (pipefeed.py says why)
         self._check = EventCheck(feeds)  # an order must name one of the run's feeds
         self.released = 0  # steps (bars of every feed) handed to the strategy side so far
         self.events = 0  # events committed
@@ -125,7 +131,7 @@ class BarGate:
         The referee releases the next bar before this has checked the commit: a commit that
         breaks the protocol ends the run one bar later than on the attach connection, with
         the same verdict, and none of its events replayed."""
-        self.referee.serve(bars, commits, self._bars, self._limits)
+        self.referee.serve(bars, commits, self._bars, self._limits, self._spin)
         while True:
             message = self.referee.message()
             if message is None:

@@ -86,15 +86,24 @@ class RefereeRun:
         """Events the gate accepted and stamped with bar index `stamp` (increasing)."""
         self._write(json.dumps([stamp, events], allow_nan=False).encode() + b"\n")
 
-    def serve(self, bars: Path, commits: Path, steps: Sequence[bytes], limits: GateLimits) -> None:
+    def serve(
+        self,
+        bars: Path,
+        commits: Path,
+        steps: Sequence[bytes],
+        limits: GateLimits,
+        spin: bool = True,
+    ) -> None:
         """Hand the referee the bar pipe's two FIFOs (runc): it serves the steps itself from
-        now on, and tells of each commit, and of the end, through `message`."""
+        now on, and tells of each commit, and of the end, through `message`. `spin`: whether
+        it may poll for a commit before it sleeps (not for a sweep's runs)."""
         serve = {
             "bars": str(bars),
             "commits": str(commits),
             "steps": b"".join(steps).decode("ascii"),
             "max_message_bytes": limits.max_message_bytes,
             "bar_seconds": limits.bar_seconds,
+            "spin": spin,
         }
         self._write(b"S " + json.dumps(serve).encode() + b"\n")
 
