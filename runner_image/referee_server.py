@@ -18,6 +18,7 @@ pool) ends the server, and its children with it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import selectors
 import signal
@@ -89,4 +90,6 @@ if __name__ == "__main__":
     # ^C in the host's terminal reaches this process group: the host ends the server itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     referee.datafeed.warm_up()  # pandas' lazy set-up, once for every child
+    gc.collect()
+    gc.freeze()  # as runner_image/session.py: a child's collections leave these pages shared
     serve(socket.socket(fileno=int(sys.argv[1])))
