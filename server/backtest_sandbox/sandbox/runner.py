@@ -9,6 +9,7 @@ layers above hand it bytes and limits.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -29,10 +30,11 @@ from .fifo import FifoChannel
 from .logs import LogCollector, cap_logs
 from .pool import WarmPool
 from .rundir import BARS_PIPE, COMMITS_PIPE, RunDir, new_run_dir
-from .session import Session, Sessions
+from .session import Session, Sessions, oom_counter
 from .stdio import StdioChannel
 from .supervisor import Observation, Verdict, decide, watch
 
+log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]  # (bars done, bars total)
 DEFAULT_MEMORY_MB = 512  # what warm containers start with (the config's default)
 # A session's harness ends itself when no run comes for this long past the host's own keep
@@ -124,8 +126,12 @@ class SandboxRunner:
         sandbox = self.sandbox()
         if cancel is not None and cancel.is_set():  # cancelled while it was being prepared
             return Verdict(JobStatus.CANCELLED)
-        if job.session is not None and self._sessions is not None:
-            return self._run_in_session(sandbox, self._sessions, job, cancel, on_progress)
+        sessions = self._sessions
+        if job.session is not None and sessions is not None:
+            key = f"{job.session}/{job.memory_mb}"
+            session = sessions.take(key) or self._open_session(sandbox, job, key)
+            if session is not None:
+                return self._run_in_session(sandbox, sessions, session, job, cancel, on_progress)
         warm = None
         if self._pool is not None:
             warm = self._pool.acquire(job.memory_mb, self.settings.pool_wait_seconds)
@@ -182,18 +188,17 @@ class SandboxRunner:
         self,
         sandbox: Sandbox,
         sessions: Sessions,
+        session: Session,
         job: SandboxJob,
         cancel: threading.Event | None,
         on_progress: ProgressCallback | None,
     ) -> Verdict:
-        """Run one job in its session's container, started for it if none is idle. The
-        container is kept for the session's next run unless this run ended it.
+        """Run one job in its session's container. The container is kept for the session's
+        next run unless this run ended it, or anything here raised.
 
         Raises:
             SandboxError: Docker failed (the session's container is gone then).
         """
-        key = f"{job.session}/{job.memory_mb}"
-        session = sessions.take(key) or self._open_session(sandbox, job, key)
         warm = session.runs > 0 or session.warm
         with ExitStack() as cleanup:
             cleanup.callback(sessions.give_back, session)  # closes it unless still alive
@@ -221,19 +226,21 @@ class SandboxRunner:
                     cancel=cancel,
                     on_progress=on_progress,
                 )
+                if talk is not None:
+                    talk.result()  # raises what the host's side of the conversation raised
             except BaseException:
-                session.alive = False
+                session.alive = False  # what state it is in is unknown: never reused
                 raise
-            if talk is not None:
-                talk.result()  # raises what the host's side of the conversation raised
             log_stream.end()
             logs, logs_cut = collector.result() or ("", False)
         return self._verdict(
             job, observation, talk, sandbox, session.container, warm, logs, logs_cut
         )
 
-    def _open_session(self, sandbox: Sandbox, job: SandboxJob, key: str) -> Session:
+    def _open_session(self, sandbox: Sandbox, job: SandboxJob, key: str) -> Session | None:
         """A container for a new session: a warm one if the pool has one, else started now.
+        None, and sessions off from then on, where the host cannot read a container's OOM
+        kills (the run then gets a container of its own).
 
         Raises:
             SandboxError: Docker failed, or the harness did not become the session's parent.
@@ -250,12 +257,16 @@ class SandboxRunner:
             except SandboxError:
                 run_dir.remove()
                 raise
-        try:
-            session = Session(sandbox, container, run_dir, key, warm is not None)
-        except SandboxError:
+        oom_kills = oom_counter(container.id or "")
+        if oom_kills is None:
+            log.warning("sessions off: no memory cgroup file of the container counts OOM kills")
+            sessions, self._sessions = self._sessions, None
+            if sessions is not None:  # none was ever opened: this only stops its reaper
+                sessions.close()
             sandbox.remove(container)
             run_dir.remove()
-            raise
+            return None
+        session = Session(sandbox, container, run_dir, key, warm is not None, oom_kills)
         idle = self.settings.session_keep_seconds + SESSION_IDLE_SLACK_SECONDS
         try:
             session.open(idle_seconds=idle)

@@ -55,7 +55,7 @@ _OOM_COUNTERS = (
 
 def oom_counter(container_id: str) -> Callable[[], int] | None:
     """A reader of the container's OOM kill count on the host, or None if no cgroup file
-    that holds it is found (the caller then uses no session)."""
+    that holds it is found (then no session: its runs' OOM kills could not be told)."""
     for pattern, key in _OOM_COUNTERS:
         path = Path(pattern.format(id=container_id))
         if path.exists():
@@ -64,7 +64,11 @@ def oom_counter(container_id: str) -> Callable[[], int] | None:
 
 
 def _count(path: Path, key: bytes) -> int:
-    for line in path.read_bytes().splitlines():
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:  # the container is gone, and its cgroup with it
+        raise SandboxError(f"reading the container's OOM kills: {e}") from e
+    for line in lines:
         if line.startswith(key):
             return int(line.split()[1])
     raise SandboxError(f"{path} has no {key!r} line")
@@ -126,7 +130,13 @@ class Session:
     """One container serving the runs of one session key, one at a time."""
 
     def __init__(
-        self, sandbox: Sandbox, container: Container, run_dir: RunDir, key: str, warm: bool
+        self,
+        sandbox: Sandbox,
+        container: Container,
+        run_dir: RunDir,
+        key: str,
+        warm: bool,
+        oom_kills: Callable[[], int],
     ) -> None:
         self.sandbox = sandbox
         self.container = container
@@ -138,10 +148,7 @@ class Session:
         self.idle_since = time.monotonic()
         self._control: FifoReader | None = None
         self._buffer = bytearray()
-        counter = oom_counter(container.id or "")
-        if counter is None:
-            raise SandboxError("no memory cgroup file counts this container's OOM kills")
-        self._oom_kills = counter
+        self._oom_kills = oom_kills  # the container's OOM kills so far (`oom_counter`)
 
     def open(self, idle_seconds: float) -> None:
         """Turn the container's harness into the session's parent and wait until it is.
