@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = _parse_args(argv)
     datafeed.warm_up()
+    # The imports' objects live as long as the process: out of the collector's sight, its full
+    # collections during the run walk only what the run made (and a session's forked runs
+    # leave those pages shared).
+    gc.collect()
+    gc.freeze()
     spec = wait_for_spec(os.path.join(args.job_dir, "spec.json"))
     if "session" in spec:  # several jobs of one sweep, each in a process forked from this one
         session.serve(spec["session"], args.job_dir, args.out_dir, run_and_write)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import json
 import os
 import shutil
@@ -61,10 +60,6 @@ def serve(session: dict[str, Any], job_dir: str, out_dir: str, run_one: RunOne) 
     control = os.open(os.path.join(out_dir, CONTROL_NAME), os.O_WRONLY)
     os.write(control, b"ready\n")
     idle_seconds = float(session["idle_seconds"])
-    # Every object made so far (the imports) out of the collector's sight: a child's collections
-    # then never write to those pages, which it would otherwise copy from this process.
-    gc.collect()
-    gc.freeze()
     number = 1
     while True:
         run_job_dir = os.path.join(job_dir, "runs", str(number))
