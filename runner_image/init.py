@@ -114,13 +114,25 @@ class Deadline:
                 if "session" in spec:
                     self._session_idle = float(spec["session"]["idle_seconds"])
         elif self._session_idle is not None:
-            path = os.path.join(self._runs_dir, str(self._next_run), "spec.json")
-            spec = _read_spec(path)
-            if spec is not None:
-                self._next_run += 1
+            # The newest run's spec: a run shorter than a poll may be over, and its directory
+            # removed, before this looks, so no run number is waited for.
+            newest = _newest_run(self._runs_dir)
+            spec = None
+            if newest is not None and newest >= self._next_run:
+                spec = _read_spec(os.path.join(self._runs_dir, str(newest), "spec.json"))
+            if newest is not None and spec is not None:
+                self._next_run = newest + 1
                 run_end = time.monotonic() + float(spec["deadline_seconds"]) + self._session_idle
                 self.at = max(self.at, run_end)
         return self.at
+
+
+def _newest_run(runs_dir: str) -> int | None:
+    try:
+        numbers = [int(name) for name in os.listdir(runs_dir) if name.isdigit()]
+    except OSError:
+        return None
+    return max(numbers, default=None)
 
 
 def _read_spec(path: str) -> dict[str, object] | None:

@@ -22,6 +22,7 @@ from backtest_sandbox.domain.errors import ErrorType
 from backtest_sandbox.domain.models import JobStatus, RunOutcome
 from backtest_sandbox.domain.settings import Settings
 from backtest_sandbox.jobs.engine import Engine, RunRequest
+from backtest_sandbox.sandbox import runner as runner_module
 from backtest_sandbox.sandbox.containers import docker_client
 from tests.conftest import DOCKER, left_behind
 from tests.integration.test_pool import own_containers
@@ -194,3 +195,30 @@ def test_closing_the_engine_removes_idle_sessions(data_dir: Path, tmp_path: Path
         assert own_containers(client) == []
     finally:
         client.close()
+
+
+def test_a_session_lives_on_past_its_idle_limit_while_runs_keep_coming(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container's own deadline (init.py) moves on with the runs' specs: here the
+    session's idle limit is 1.5 s, and runs go on for 6 s in one container. (That a run gone
+    before init looked still moves it on is tests/unit/test_init_deadline.py's to prove.)"""
+    monkeypatch.setattr(runner_module, "SESSION_IDLE_SLACK_SECONDS", 1.0)
+    settings = Settings(
+        data_dir=data_dir,
+        state_dir=tmp_path / "state",
+        runtime="runc",
+        pool_size=0,
+        session_keep_seconds=0.5,
+    )
+    engine = Engine(settings)
+    try:
+        containers = set()
+        started = time.monotonic()
+        tag = 0
+        while time.monotonic() - started < 6:
+            containers.add(container_of(run(engine, tag=tag)))
+            tag += 1
+        assert len(containers) == 1 and tag > 10
+    finally:
+        engine.close()
