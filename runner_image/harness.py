@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import os
 import sys
-import time
 from typing import Any, NoReturn
 
 # -I (isolated mode) leaves the script's own directory off sys.path.
@@ -46,7 +44,6 @@ import verified  # noqa: E402
 
 PROTOCOL = backtest.PROTOCOL
 friendly.install_standins()  # `import matplotlib.pyplot` and `cerebro.plot()` draw nothing
-SPEC_POLL_SECONDS = 0.005
 DEFAULT_FILENAME = "strategy.py"
 
 # Harness code that runs inside cerebro.run. An exception with one of these on its stack is
@@ -72,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     # leave those pages shared).
     gc.collect()
     gc.freeze()
-    spec = wait_for_spec(os.path.join(args.job_dir, "spec.json"))
+    spec = session.wait_for_spec(os.path.join(args.job_dir, "spec.json"))  # a warm one waits
+    assert spec is not None  # no timeout: it waits as long as it takes
     if "session" in spec:  # several jobs of one sweep, each in a process forked from this one
         session.serve(spec["session"], args.job_dir, args.out_dir, run_and_write)
     else:
@@ -89,20 +87,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--job-dir", default="/job", help="holds data.csv, then spec.json")
     parser.add_argument("--out-dir", default="/out", help="holds result.json and progress")
     return parser.parse_args(argv)
-
-
-def wait_for_spec(path: str) -> dict[str, Any]:
-    """The job spec, once it exists. A warm-pool container waits here, imports done.
-
-    The host renames spec.json into place, so once it exists it is complete.
-    """
-    while True:
-        try:
-            with open(path, "rb") as stream:
-                spec: dict[str, Any] = json.loads(stream.read())
-                return spec
-        except FileNotFoundError:
-            time.sleep(SPEC_POLL_SECONDS)
 
 
 def run_job(spec: dict[str, Any], job_dir: str, out_dir: str) -> dict[str, Any]:

@@ -91,5 +91,5 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     referee.datafeed.warm_up()  # pandas' lazy set-up, once for every child
     gc.collect()
-    gc.freeze()  # as runner_image/session.py: a child's collections leave these pages shared
+    gc.freeze()  # as the harness does: a child's collections leave these pages shared
     serve(socket.socket(fileno=int(sys.argv[1])))

@@ -36,7 +36,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-SPEC_POLL_SECONDS = 0.002
+SPEC_POLL_SECONDS = 0.005
 SCRATCH_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")  # what a run can write that outlives it
 # System V IPC objects outlive their maker too (the container's IPC namespace is private):
 # each /proc/sysvipc table, and the call that removes one of its entries by id.
@@ -64,7 +64,7 @@ def serve(session: dict[str, Any], job_dir: str, out_dir: str, run_one: RunOne) 
     while True:
         run_job_dir = os.path.join(job_dir, "runs", str(number))
         run_out_dir = os.path.join(out_dir, "runs", str(number))
-        spec = _wait_for_spec(os.path.join(run_job_dir, "spec.json"), idle_seconds)
+        spec = wait_for_spec(os.path.join(run_job_dir, "spec.json"), idle_seconds)
         if spec is None:
             return
         status = _run_forked(spec, run_job_dir, run_out_dir, run_one, control)
@@ -115,10 +115,12 @@ def _become_run(logs: int) -> None:
         numpy.random.seed()
 
 
-def _wait_for_spec(path: str, idle_seconds: float) -> dict[str, Any] | None:
-    """The next job's spec (the host renames it into place whole), or None when idle too long."""
-    deadline = time.monotonic() + idle_seconds
-    while time.monotonic() < deadline:
+def wait_for_spec(path: str, timeout_seconds: float | None = None) -> dict[str, Any] | None:
+    """The job spec at `path` once it exists (the host renames it into place, so it is then
+    whole); None if none came within `timeout_seconds`. A warm container's harness waits here
+    for its job, or its session, imports done; a session's parent for each run."""
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    while deadline is None or time.monotonic() < deadline:
         try:
             with open(path, "rb") as stream:
                 spec: dict[str, Any] = json.loads(stream.read())

@@ -155,14 +155,7 @@ class SandboxRunner:
             collector = None
             if talk is None or channel.logs is None:  # else the output comes on the channel
                 collector = LogCollector(sandbox.log_stream(container), self.settings.log_cap_bytes)
-            # The inputs first and the spec last.
-            for name, data in job.inputs.items():
-                run_dir.write_input(name, data)
-            # The container's own deadline (runner_image/init.py): the host's clock ends the run
-            # at its timeout; this ends it a grace later if the host is gone.
-            grace = self.settings.self_deadline_grace_seconds
-            spec["deadline_seconds"] = job.timeout_seconds + grace
-            run_dir.write_spec(spec)
+            self._hand_over(job, spec, run_dir)
             if warm is None:
                 sandbox.start_created(container)
             observation = watch(
@@ -212,12 +205,7 @@ class SandboxRunner:
                 talk = ConversationThread(channel, job.conversation, stop)
             collector, log_stream = session.collect_logs(run_dir, self.settings.log_cap_bytes)
             cleanup.callback(log_stream.close)
-            for name, data in job.inputs.items():
-                run_dir.write_input(name, data)
-            spec["deadline_seconds"] = (
-                job.timeout_seconds + self.settings.self_deadline_grace_seconds
-            )
-            run_dir.write_spec(spec)
+            self._hand_over(job, spec, run_dir)
             try:
                 observation = session.watch(
                     run_dir,
@@ -236,6 +224,17 @@ class SandboxRunner:
         return self._verdict(
             job, observation, talk, sandbox, session.container, warm, logs, logs_cut
         )
+
+    def _hand_over(self, job: SandboxJob, spec: dict[str, Any], run_dir: RunDir) -> None:
+        """Write the job into its run directory: the inputs first and the spec last (the
+        harness starts when the spec appears)."""
+        for name, data in job.inputs.items():
+            run_dir.write_input(name, data)
+        # The container's own deadline (runner_image/init.py): the host's clock ends the run
+        # at its timeout; this ends it a grace later if the host is gone.
+        grace = self.settings.self_deadline_grace_seconds
+        spec["deadline_seconds"] = job.timeout_seconds + grace
+        run_dir.write_spec(spec)
 
     def _open_session(self, sandbox: Sandbox, job: SandboxJob, key: str) -> Session | None:
         """A container for a new session: a warm one if the pool has one, else started now.

@@ -30,10 +30,10 @@ from docker.models.containers import Container
 
 from backtest_sandbox.domain.errors import SandboxError
 
-from .containers import Sandbox
+from .containers import ExitState, Sandbox
 from .logs import LogCollector
 from .rundir import RunDir
-from .supervisor import POLL_SECONDS, STOP_WAIT_SECONDS, Observation, settle_oom_flag
+from .supervisor import POLL_SECONDS, Observation, observe, stopped_state
 
 log = logging.getLogger(__name__)
 
@@ -221,29 +221,11 @@ class Session:
         if status is None:  # the container ends with this run
             self.alive = False
             self.sandbox.kill(self.container)
-            if self.sandbox.wait(self.container, STOP_WAIT_SECONDS) is None:
-                raise SandboxError(f"container {self.container.short_id} did not stop")
-            state = self.sandbox.exit_state(self.container)
-            if not (timed_out or cancelled):
-                state = settle_oom_flag(self.sandbox, self.container, state)
-            exit_code, oom_killed = state.exit_code, state.oom_killed
+            settle = not (timed_out or cancelled)
+            state = stopped_state(self.sandbox, self.container, settle=settle)
         else:
-            exit_code, oom_killed = status, self._oom_kills() > oom_before
-        result: bytes | None = None
-        problem: str | None = None
-        try:
-            result = run_dir.read_result(result_cap_bytes)
-        except (ValueError, OSError) as e:
-            problem = str(e)
-        return Observation(
-            timed_out=timed_out,
-            cancelled=cancelled,
-            exit_code=exit_code,
-            oom_killed=oom_killed,
-            elapsed_seconds=elapsed,
-            result=result,
-            result_problem=problem,
-        )
+            state = ExitState(status, oom_killed=self._oom_kills() > oom_before)
+        return observe(run_dir, result_cap_bytes, state, timed_out, cancelled, elapsed)
 
     def _status(self, line: bytes) -> int | None:
         """The exit status in the report `<run> <status>`, or None (the parent is gone, or

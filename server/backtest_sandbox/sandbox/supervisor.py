@@ -98,11 +98,32 @@ def watch(
         if exit_code is not None:
             break
     elapsed = time.monotonic() - started
+    state = stopped_state(sandbox, container, settle=not (timed_out or cancelled))
+    return observe(run_dir, result_cap_bytes, state, timed_out, cancelled, elapsed)
+
+
+def stopped_state(sandbox: Sandbox, container: Container, *, settle: bool) -> ExitState:
+    """Docker's record of a container that was stopped or is stopping: its exit code, and
+    its OOM flag once settled when `settle` (an exit the host did not cause).
+
+    Raises:
+        SandboxError: Docker failed.
+    """
     if sandbox.wait(container, STOP_WAIT_SECONDS) is None:
         sandbox.kill(container)  # should never be needed: SIGKILL is not refusable
     state = sandbox.exit_state(container)
-    if not (timed_out or cancelled):
-        state = settle_oom_flag(sandbox, container, state)
+    return _settle_oom_flag(sandbox, container, state) if settle else state
+
+
+def observe(
+    run_dir: RunDir,
+    result_cap_bytes: int,
+    state: ExitState,
+    timed_out: bool,
+    cancelled: bool,
+    elapsed_seconds: float,
+) -> Observation:
+    """The observation of a run that has ended: what the host saw, and its result file."""
     result: bytes | None = None
     problem: str | None = None
     try:
@@ -114,13 +135,13 @@ def watch(
         cancelled=cancelled,
         exit_code=state.exit_code,
         oom_killed=state.oom_killed,
-        elapsed_seconds=elapsed,
+        elapsed_seconds=elapsed_seconds,
         result=result,
         result_problem=problem,
     )
 
 
-def settle_oom_flag(sandbox: Sandbox, container: Container, state: ExitState) -> ExitState:
+def _settle_oom_flag(sandbox: Sandbox, container: Container, state: ExitState) -> ExitState:
     """Docker's OOM flag, once it has settled.
 
     containerd reports the OOM event and the exit separately; under load dockerd may record

@@ -47,6 +47,7 @@ class GateLimits:
 
 
 def referee_command() -> list[str]:
+    """A referee as a plain process of its own: what each child of the fork server is."""
     script = image.runner_root() / image.RUNNER_DIR / "referee.py"
     return [sys.executable, "-I", str(script)]
 
