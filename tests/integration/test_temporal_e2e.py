@@ -246,8 +246,10 @@ async def test_two_servers_three_workers(cluster: Cluster, data_dir: Path, tmp_p
         # one of alpha's.
         survivors[1].stop()
         async with connect_http(urls[1], TOKENS["beta"], read_timeout_seconds=60) as beta:
+            # It holds the slot until every run below is queued, then is cancelled: how fast
+            # the submissions go cannot decide the order.
             blocker = await call(
-                a, "run_backtest", code_content=sleepy(0.01, "blocker"), config=CONFIG
+                a, "run_backtest", code_content=sleepy(0.2, "blocker"), config=CONFIG
             )
             await until_container(blocker["backtest_id"])
             order = []
@@ -265,6 +267,7 @@ async def test_two_servers_three_workers(cluster: Cluster, data_dir: Path, tmp_p
                         await call(beta, "run_backtest", code_content=code, config=CONFIG),
                     )
                 )
+            await call(a, "cancel_backtest", backtest_id=blocker["backtest_id"])
             started = []
             for tenant, client, submitted in order:
                 status = await until_status(client, submitted["backtest_id"], "completed")
