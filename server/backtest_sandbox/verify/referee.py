@@ -300,6 +300,10 @@ class _ForkServer:
             self._forked.put(None)  # for the next one that asks
             for fd in ours:
                 os.close(fd)
+            # The reader is ending it (the socket is closed or about to be): wait until it
+            # has, so `gone` and `why` are set when the pool looks again. Without this a
+            # take() just after the server died could find it not yet gone, twice.
+            self._reader.join()
             raise _Gone
         child.stdin = open(ours[0], "wb")  # noqa: SIM115 - RefereeRun closes them
         child.stdout = open(ours[1], "rb")  # noqa: SIM115
