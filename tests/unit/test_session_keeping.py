@@ -132,3 +132,34 @@ def test_a_fifo_reader_times_out_then_reads_then_sees_the_end(tmp_path: Path) ->
         assert reader.read(1) == b""
     finally:
         reader.close()
+
+
+def test_ending_a_closed_stream_leaves_the_fifo_that_took_its_number_alone(
+    tmp_path: Path,
+) -> None:
+    """Two workers' runs: one run's log reader closes its stream (its writers are gone) just
+    before the worker ends it, while the other worker's new run opens its logs FIFO, which
+    gets the same descriptor number. Ending the first must not hang up on the second: its
+    reader would end, and that run's harness would then wait forever to open its logs."""
+    first_path, second_path = tmp_path / "first.pipe", tmp_path / "second.pipe"
+    os.mkfifo(first_path)
+    os.mkfifo(second_path)
+    first = FifoLogStream(first_path)
+    first.close()  # the first run's collector, at the end of its stream
+    second = FifoLogStream(second_path)  # the other worker's next run: the lowest free number
+    assert second._reader._fd == first._reader._fd  # the case at hand, not a lucky order
+
+    first.end()  # the first worker, done with its run
+
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(second))
+    reader.start()
+    time.sleep(0.1)
+    assert reader.is_alive()  # the second run's reader still waits for its harness
+    # Its harness opens the FIFO only now (a blocking open finds the reader still there).
+    writer = os.open(second_path, os.O_WRONLY | os.O_NONBLOCK)
+    os.write(writer, b"the second run's output\n")
+    os.close(writer)
+    reader.join(5)
+    second.close()
+    assert b"".join(chunks) == b"the second run's output\n"

@@ -44,6 +44,7 @@ from backtest_sandbox.verify.referee import GateLimits, RefereePool
 
 from . import order_log
 from .cache import cache_key
+from .sweep_data import SweepData
 
 # The referee gets at least this long to finish after the strategy side ends (it follows one
 # bar behind, so it normally needs a fraction of a second).
@@ -75,6 +76,7 @@ class Engine:
         self.runner = runner or SandboxRunner(settings)
         self._referees: RefereePool | None = None  # made by warm_up or the first verified run
         self._referees_lock = threading.Lock()
+        self._sweep_data = SweepData()
         self._gate_limits = GateLimits(
             max_message_bytes=settings.verified_max_message_bytes,
             max_events_per_bar=settings.verified_max_events_per_bar,
@@ -135,7 +137,7 @@ class Engine:
             )
         config = request.config
         try:
-            data = catalog.prepare(config, self.settings.data_dir)
+            data = self._sweep_data.prepare(config, self.settings.data_dir, request.session)
         except DataError as e:
             outcome = _failed(ErrorType.DATA_ERROR, str(e), **e.details)
             if e.details.get("rule") != "changed":  # a race, not a property of the data

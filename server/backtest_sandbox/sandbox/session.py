@@ -80,32 +80,44 @@ class FifoReader:
     Linux reports the end of a FIFO only once a writer has come and gone, so until the
     sandbox opens it, it simply has nothing yet. `hang_up` makes a writer come and go, for a
     reader that must end although the sandbox never opened its end.
+
+    A reader thread reads while another hangs up or closes, so those two go under a lock and
+    do nothing once closed: the descriptor's number, once closed, may already be another
+    FIFO's (another worker's run), and a hang-up through it would end that run's reader.
     """
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         self._poller = select.poll()
         self._poller.register(self._fd, select.POLLIN)
+        self._lock = threading.Lock()
         self._closed = False
 
     def read(self, timeout: float | None) -> bytes | None:
-        """What came, b"" at the end, or None when nothing came within `timeout`."""
+        """What came, b"" at the end (or once closed), or None when nothing came within
+        `timeout`."""
         ready = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
-        if not ready:
-            return None
-        try:
-            return os.read(self._fd, READ_BYTES)
-        except BlockingIOError:
-            return None
+        with self._lock:  # closed meanwhile: the number may be another file's now
+            if self._closed:
+                return b""
+            if not ready:
+                return None
+            try:
+                return os.read(self._fd, READ_BYTES)
+            except BlockingIOError:
+                return None
 
     def hang_up(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(os.open(f"/proc/self/fd/{self._fd}", os.O_WRONLY | os.O_NONBLOCK))
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(OSError):
+                    os.close(os.open(f"/proc/self/fd/{self._fd}", os.O_WRONLY | os.O_NONBLOCK))
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self._fd)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
 
 
 class FifoLogStream:
@@ -115,8 +127,9 @@ class FifoLogStream:
         self._reader = FifoReader(path)
 
     def __iter__(self) -> Iterator[bytes]:
-        while chunk := self._reader.read(None):
-            yield chunk
+        while (chunk := self._reader.read(None)) != b"":
+            if chunk is not None:  # None: a wake-up with nothing to read
+                yield chunk
 
     def end(self) -> None:
         """The run is over: wake the reader even if no writer ever came."""
