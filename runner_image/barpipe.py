@@ -1,34 +1,25 @@
-"""The trusted end of a verified run's bar pipe under runc, served for the referee.
+"""The trusted end of a verified run's bar pipe under runc, held by the referee.
 
 The host hands the referee the two FIFOs of the run (PROTOCOL.md "The referee", `S`). The
-referee forks a small process, the bar server, that releases the steps one at a time, reads
-each commit line, stamps it with the newest step it had released, and passes every commit that
-is not `[]` to the host, which checks it (server/backtest_sandbox/verify/gate.py) and sends the
-referee what it accepts. Nothing the strategy sends is parsed here: the newline is found within
-the size cap, and that is all.
+referee then releases the steps one at a time, reads each commit line, stamps it with the
+newest step it had released, and passes every commit that is not `[]` to the host, which checks
+it (server/backtest_sandbox/verify/gate.py) while the replay goes on. Nothing the strategy sends
+is parsed here: the newline is found within the size cap, and that is all.
 
-Why a process of its own, and not the referee itself or a thread of the server: the strategy
-side waits for an answer on every bar, so whatever answers it takes turns with it thousands of
-times a run. Two big processes taking turns on one CPU evict each other's caches, and on two
-CPUs each turn wakes a sleeping CPU (~100 us on this machine's virtual CPUs); either way the
-strategy side ran at half speed. The bar server touches a few pages per bar: pinned to the
-strategy side's CPU (server/backtest_sandbox/sandbox/cpus.py) its turns cost a context switch,
-and the referee replays on another CPU, woken only every NOTE_EVERY bars or by a commit.
-A server thread would also take the GIL from the MCP server.
+Why the referee and not a thread of the server: the strategy side waits for an answer on every
+bar. A server thread sleeps in poll between bars and pays a wake-up each time (~30 us here, 40%
+of a simple strategy's own work per bar), and it cannot poll without sleeping: it would take the
+GIL from the MCP server. The referee is a process with nothing else to do between its bars, so
+it polls for up to SPIN_SECONDS before it sleeps, as the harness does (runner_image/pipefeed.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import select
-import signal
 import stat
 import time
-import traceback
 from collections.abc import Sequence
-from typing import Any
 
 END = b"E\n"
 # The strategy's work on a bar is usually well under this; past it, sleep instead of burning
@@ -43,11 +34,6 @@ SPIN_WINDOW = 32
 SPIN_MAX_MISSES = 4
 SPIN_PAUSE = 2048  # commits waited for without polling before it tries again
 READ_BYTES = 64 * 1024
-# The bar server tells the referee how far the strategy side has come at least this often (in
-# commits), and at once for a commit the host checks: the referee, which replays faster than
-# the strategy runs, then sleeps between notes instead of waking on every bar.
-NOTE_EVERY = 64
-_PR_SET_PDEATHSIG = 1
 
 
 class PipeProblem(Exception):
@@ -191,112 +177,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def start_server(serve: dict[str, Any], host: int) -> tuple[int, int]:
-    """Fork the bar server of the `S` message `serve`; it writes its messages for the host
-    (`C`, `X`, `P`: referee.py) on `host`, and dies with the caller. Returns its pid and the
-    read end of its notes for the caller (`Notes`)."""
-    notes_read, notes_write = os.pipe()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid != 0:
-        os.close(notes_write)
-        return pid, notes_read
-    code = 1
-    try:
-        os.close(notes_read)
-        os.close(0)  # the referee's: the host's answers are not for this process
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a referee killed takes this with it
-        if os.getppid() != parent:
-            return  # it died before the line above
-        if serve.get("cpu") is not None:
-            os.sched_setaffinity(0, {serve["cpu"]})
-        server = BarServer(
-            serve["bars"],
-            serve["commits"],
-            serve["steps"].encode("ascii").splitlines(keepends=True),
-            max_message_bytes=serve["max_message_bytes"],
-            bar_seconds=serve["bar_seconds"],
-            spin=serve.get("spin", True),
-        )
-        _serve(server, host, notes_write)
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(code)
-
-
-def _serve(server: BarServer, host: int, notes: int) -> None:
-    """Serve the pipe to its end. To the host: each commit that is not `[]` (`C <stamp>
-    <line>`), then the end (`X <steps released>`) or the limit broken (`P <kind> <bar>`). To
-    the referee: `C <stamp>` for each commit sent to the host, `N <commits read>` every
-    NOTE_EVERY commits, then `X` or `P`."""
-    noted = 0
-    try:
-        while not server.over:
-            got = server.exchange()
-            if got is None:
-                break
-            stamp, line = got
-            if line != b"[]":
-                _write_all(host, b"C %d " % stamp + line + b"\n")
-                _write_all(notes, b"C %d\n" % stamp)
-                noted = server.index
-            elif server.index - noted >= NOTE_EVERY:
-                _write_all(notes, b"N %d\n" % server.index)
-                noted = server.index
-    except PipeProblem as problem:
-        _write_all(host, f"P {problem.kind} {problem.bar}\n".encode())
-        _write_all(notes, b"P\n")
-        return
-    _write_all(host, b"X %d\n" % server.released)
-    _write_all(notes, b"X\n")
-
-
-class Notes:
-    """The referee's side of the bar server's notes: how far the strategy side has committed,
-    and the stamps of the commits the host is checking, not yet answered."""
-
-    def __init__(self, pid: int, fd: int) -> None:
-        self.pid = pid
-        self._stream = os.fdopen(fd, "rb")
-        self.commits = 0  # commits the bar server has read, at least
-        self.over = False  # it has served the end (or the strategy side closed its end)
-        self.checking: list[int] = []  # stamps sent to the host and not yet answered
-        self._answered = -2  # the stamp of the host's last answer
-
-    def follow(self, bar: int) -> None:
-        """Wait until the commit stamped `bar` is read (the one before bar + 1 is released)
-        or the pipe is over. A limit the strategy side broke ends this process: the host ends
-        the run."""
-        while not self.over and self.commits < bar + 2:
-            line = self._stream.readline()
-            kind, _, number = line.partition(b" ")
-            if kind == b"C":
-                stamp = int(number)
-                self.commits = max(self.commits, stamp + 2)
-                if stamp > self._answered:  # else the host's answer came first
-                    self.checking.append(stamp)
-            elif kind == b"N":
-                self.commits = max(self.commits, int(number))
-            elif kind == b"X\n":
-                self.over = True
-            elif kind == b"P\n":
-                os._exit(0)  # the bar server told the host; nothing here is worth finishing
-            else:
-                raise RuntimeError(f"the bar server ended unexpectedly ({line[:40]!r})")
-
-    def answered(self, stamp: int) -> None:
-        """The host answered the commit stamped `stamp` (answers come in stamp order)."""
-        self._answered = stamp
-        while self.checking and self.checking[0] <= stamp:
-            self.checking.pop(0)
-
-    def close(self) -> None:
-        """Reap the bar server (it has ended, or ends now that the run has)."""
-        self._stream.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)

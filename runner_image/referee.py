@@ -18,10 +18,10 @@ blocks where it has caught up. Every event was validated by the host first; one 
 cannot be placed (Backtrader raises, or it would exceed the exposure cap) is counted as
 rejected and left out, so no event can stop the replay.
 
-With `S` (under runc) the referee's bar server holds the bar pipe (barpipe.py): before those
-two lines it tells the host, on stdout, each commit to check (`C <stamp> <line>`, answered on
-the referee's stdin with `[stamp, [accepted event, ...]]`), then the end (`X <bars released>`)
-or the limit the strategy side broke (`P <timeout|too_long> <bar>`; the referee then exits).
+With `S` (under runc) the referee holds the bar pipe itself (barpipe.py): before those two
+lines it tells the host, on stdout, each commit to check (`C <stamp> <line>`, answered on stdin
+with `[stamp, [accepted event, ...]]`), then the end (`X <bars released>`) or the limit the
+strategy side broke (`P <timeout|too_long> <bar>`, and it exits).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import io
 import json
 import os
 import sys
+from collections import deque
 from typing import IO, Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,7 +67,9 @@ class EventSource:
         self._ahead: tuple[int, list[dict[str, Any]]] | None = None
         self._ended = False
         self._started = False
-        self._pipe: barpipe.Notes | None = None  # the bar server's, after `S`
+        self._server: barpipe.BarServer | None = None  # set by `S`
+        self._checking: deque[int] = deque()  # stamps of the commits the host is checking
+        self._told_end = False
         self.bars: int | None = None  # how many bars the strategy side had, once known
 
     def at(self, bar: int) -> list[dict[str, Any]]:
@@ -74,8 +77,8 @@ class EventSource:
         (or, serving the pipe, until the host has answered every commit up to `bar`)."""
         if not self._started:
             self._start()
-        if self._pipe is not None:
-            self._pipe.follow(bar)
+        if self._server is not None:
+            self._serve(bar)
         found: list[dict[str, Any]] = []
         while True:
             if self._ahead is None:
@@ -100,32 +103,59 @@ class EventSource:
             raise EOFError("the host closed the event stream without its end")
         else:
             stamp, events = json.loads(line)
-            if self._pipe is not None:  # the answer to the oldest commit the host checks
-                self._pipe.answered(stamp)
+            if self._checking:  # serving: the answer to the oldest commit sent
+                self._checking.popleft()
             self._ahead = (stamp, events)
 
     def _start(self) -> None:
-        """`S` after the header starts the bar server; any other line is the first event line."""
+        """`S` after the header starts the bar pipe; any other line is the first event line."""
         self._started = True
         line = self._stream.readline()
         if not line.startswith(b"S "):
             self._stream = _Prepended(line, self._stream)
             return
-        self._out.flush()
-        self._pipe = barpipe.Notes(*barpipe.start_server(json.loads(line[2:]), self._out.fileno()))
+        serve = json.loads(line[2:])
+        self._server = barpipe.BarServer(
+            serve["bars"],
+            serve["commits"],
+            serve["steps"].encode("ascii").splitlines(keepends=True),
+            max_message_bytes=serve["max_message_bytes"],
+            bar_seconds=serve["bar_seconds"],
+            spin=serve.get("spin", True),
+        )
+
+    def _serve(self, bar: int) -> None:
+        """Serve the pipe until the commit stamped `bar` is read (the one that comes before
+        bar + 1 is released) or the pipe is over; each commit that is not `[]` goes to the
+        host to check."""
+        server = self._server
+        assert server is not None
+        out = self._out
+        while not server.over and server.index <= bar + 1:
+            try:
+                got = server.exchange()
+            except barpipe.PipeProblem as problem:
+                out.write(f"P {problem.kind} {problem.bar}\n".encode())
+                out.flush()
+                os._exit(0)  # the host ends the run; nothing here is worth finishing
+            if got is None:
+                break
+            stamp, line = got
+            if line != b"[]":
+                out.write(b"C %d " % stamp + line + b"\n")
+                out.flush()
+                self._checking.append(stamp)
+        if server.over and not self._told_end:
+            self._told_end = True
+            out.write(b"X %d\n" % server.released)
+            out.flush()
 
     def _nothing_due(self, bar: int) -> bool:
         """Serving the pipe, whether reading on now would wait for nothing: the host has
         answered every commit up to `bar`, and, the pipe not being over, sends no `E` yet."""
-        pipe = self._pipe
-        if pipe is None or pipe.over:
+        if self._server is None or self._server.over:
             return False
-        return not (pipe.checking and pipe.checking[0] <= bar)
-
-    def close(self) -> None:
-        """Once the replay is over: reap the bar server, if there is one."""
-        if self._pipe is not None:
-            self._pipe.close()
+        return not (self._checking and self._checking[0] <= bar)
 
 
 class _Prepended:
@@ -231,7 +261,6 @@ def referee(header: dict[str, Any], events: EventSource) -> tuple[int, dict[str,
     cerebro.addstrategy(Replay, events=events)
     backtest.add_recorder(cerebro, _NoProgress())
     (strategy,) = cerebro.run()
-    events.close()  # reaps the bar server (if the replay failed, it dies with this process)
     return strategy.rejected, backtest.completed_result(strategy)
 
 

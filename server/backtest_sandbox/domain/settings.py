@@ -123,9 +123,6 @@ class Settings(BaseSettings):
     verified_max_message_bytes: int = Field(1024 * 1024, ge=1024)
     verified_max_events_per_bar: int = Field(1000, ge=1)
     verified_bar_seconds: float = Field(30.0, gt=0)
-    # Under runc, a verified run's container and its referee share one CPU (sandbox/cpus.py);
-    # only with `cpus` at most 1, which one CPU then still gives in full.
-    verified_pin_cpu: bool = True
 
     # What the host reads back, capped before it is read.
     log_cap_bytes: int = Field(64 * 1024, ge=1024)

@@ -143,15 +143,12 @@ class Engine:
             if e.details.get("rule") != "changed":  # a race, not a property of the data
                 outcome.cache_key = self.cache_key(request)
             return outcome
-        if config.mode == "fast":
-            return self._run_prepared(request, data, None, None, cancel, on_progress)
-        # Verified: the bars go through the gate, never into /job; the strategy side and its
-        # referee share one CPU if the sandbox pins them (sandbox/cpus.py).
-        with self.runner.verified_cpu() as cpu:
-            gate = self._bar_gate(request, data, cpu)
-            try:
-                return self._run_prepared(request, data, gate, cpu, cancel, on_progress)
-            finally:
+        # Verified: the bars go through the gate, never into /job.
+        gate = self._bar_gate(request, data) if config.mode == "verified" else None
+        try:
+            return self._run_prepared(request, data, gate, cancel, on_progress)
+        finally:
+            if gate is not None:
                 gate.referee.abort()  # done with it, or the run ended without a result to check
 
     def _run_prepared(
@@ -159,7 +156,6 @@ class Engine:
         request: RunRequest,
         data: catalog.PreparedData,
         gate: BarGate | None,
-        cpu: int | None,
         cancel: threading.Event | None,
         on_progress: ProgressCallback | None,
     ) -> RunOutcome:
@@ -168,14 +164,13 @@ class Engine:
         verdict = self.runner.run(
             SandboxJob(
                 backtest_id=request.backtest_id,
-                spec=_job_spec(request, data, spin=_spins(request, cpu)),
+                spec=_job_spec(request, data),
                 inputs=inputs,
                 memory_mb=config.memory_mb,
                 timeout_seconds=config.timeout_seconds,
                 expected_bars=data.bars,
                 conversation=gate,
                 session=_session_key(request),
-                cpu=cpu,
             ),
             cancel=cancel,
             on_progress=on_progress,
@@ -205,11 +200,8 @@ class Engine:
             warm=verdict.warm,
         )
 
-    def _bar_gate(
-        self, request: RunRequest, data: catalog.PreparedData, cpu: int | None
-    ) -> BarGate:
-        """The gate of a verified run, with a referee already handed its bars and broker;
-        the bars are served on `cpu` if given (the strategy side's)."""
+    def _bar_gate(self, request: RunRequest, data: catalog.PreparedData) -> BarGate:
+        """The gate of a verified run, with a referee already handed its bars and broker."""
         referee = self._referee_pool().take()
         referee.begin(
             {
@@ -224,12 +216,7 @@ class Engine:
         )
         steps = step_rows([feed.csv_bytes for feed in data.feeds])
         return BarGate(
-            steps,
-            referee,
-            self._gate_limits,
-            feeds=len(data.feeds),
-            spin=_spins(request, cpu),
-            cpu=cpu,
+            steps, referee, self._gate_limits, feeds=len(data.feeds), spin=_spins(request)
         )
 
     def _referee_numbers(
@@ -426,7 +413,7 @@ def _broker(config: BacktestConfig) -> dict[str, Any]:
     }
 
 
-def _job_spec(request: RunRequest, data: catalog.PreparedData, *, spin: bool) -> dict[str, Any]:
+def _job_spec(request: RunRequest, data: catalog.PreparedData) -> dict[str, Any]:
     """The job spec of runner_image/PROTOCOL.md."""
     config = request.config
     fast = config.mode == "fast"
@@ -448,15 +435,14 @@ def _job_spec(request: RunRequest, data: catalog.PreparedData, *, spin: bool) ->
         "broker": _broker(config),
         "analyzers": [spec.model_dump() for spec in config.analyzers],
         "data": bars,
-        "spin": spin,
+        "spin": _spins(request),
     }
 
 
-def _spins(request: RunRequest, cpu: int | None) -> bool:
+def _spins(request: RunRequest) -> bool:
     """Whether a verified run's two sides poll for each other's message before they sleep:
-    a single run's latency gains, but a sweep's runs already fill every core (pipefeed.py),
-    and two sides pinned to one CPU (`cpu`) would only poll away the time the other needs."""
-    return request.session is None and cpu is None
+    a single run's latency gains, a sweep's runs already fill every core (pipefeed.py)."""
+    return request.session is None
 
 
 def _session_key(request: RunRequest) -> str | None:

@@ -220,15 +220,8 @@ class Sandbox:
         (a cold one is handed its job at once, so its spec's deadline applies)."""
         idle = self.settings.pool_max_age_seconds + IDLE_SLACK_SECONDS
         return [
-            "python3",
-            "-I",
-            "/opt/runner/init.py",
-            "--idle-seconds",
-            f"{idle:g}",
-            "--",
-            "python3",
-            "-I",
-            "/opt/runner/harness.py",
+            "python3", "-I", "/opt/runner/init.py", "--idle-seconds", f"{idle:g}", "--",
+            "python3", "-I", "/opt/runner/harness.py",
         ]
 
     def start(
@@ -338,15 +331,6 @@ class Sandbox:
         except docker.errors.DockerException as e:
             raise SandboxError(f"waiting for container {container.short_id}: {e}") from e
         return int(response["StatusCode"])
-
-    def pin(self, container: Container, cpu: int) -> None:
-        """Confine the container to one CPU (its cgroup's cpuset: every process in it, the
-        ones it starts later too, and none can leave it). See cpus.py for why.
-
-        Raises:
-            SandboxError: the daemon refused.
-        """
-        self._call(container.update, cpuset_cpus=str(cpu))
 
     def kill(self, container: Container, signal: str = "SIGKILL") -> None:
         """Send a signal; a container that already stopped is not an error."""

@@ -8,11 +8,10 @@ layers above hand it bytes and limits.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,7 +26,6 @@ from backtest_sandbox.image import build as image
 
 from .containers import Sandbox, docker_client
 from .conversation import BarChannel, Conversation, ConversationThread
-from .cpus import CpuSlots
 from .fifo import FifoChannel
 from .logs import LogCollector, cap_logs
 from .pool import WarmPool
@@ -60,8 +58,6 @@ class SandboxJob:
     # Runs with the same session (a sweep's combinations: one tenant, one code) may run one
     # after another in one container, each in a process of its own (session.py).
     session: str | None = None
-    # The CPU its container is pinned to (`SandboxRunner.verified_cpu`); None: not pinned.
-    cpu: int | None = None
 
 
 class SandboxRunner:
@@ -73,7 +69,6 @@ class SandboxRunner:
         self._sandbox: Sandbox | None = None
         self._pool: WarmPool | None = None
         self._sessions: Sessions | None = None
-        self._cpus = CpuSlots()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -113,22 +108,6 @@ class SandboxRunner:
     def pool(self) -> WarmPool | None:
         return self._pool
 
-    @contextlib.contextmanager
-    def verified_cpu(self) -> Iterator[int | None]:
-        """The CPU a verified run's container and referee are to share (cpus.py), held
-        until the block ends; None where they are not pinned: the setting is off, a container
-        may use more than one CPU, or the bar pipe is not a FIFO the referee serves (runsc).
-
-        Raises:
-            SandboxError: no daemon or no runner image (`sandbox`).
-        """
-        settings = self.settings
-        if not settings.verified_pin_cpu or settings.cpus > 1 or self.sandbox().runtime == "runsc":
-            yield None
-            return
-        with self._cpus.take() as cpu:
-            yield cpu
-
     def run(
         self,
         job: SandboxJob,
@@ -164,8 +143,6 @@ class SandboxRunner:
             else:
                 container = sandbox.create(run_dir, job.memory_mb, job.backtest_id)
             cleanup.callback(sandbox.remove, container)
-            if job.cpu is not None:
-                sandbox.pin(container, job.cpu)
             # Attached before the job can start (a warm harness starts the moment the spec
             # lands, a cold one when the container starts): no output is missed.
             spec = dict(job.spec)
@@ -218,9 +195,6 @@ class SandboxRunner:
         warm = session.runs > 0 or session.warm
         with ExitStack() as cleanup:
             cleanup.callback(sessions.give_back, session)  # closes it unless still alive
-            if job.cpu is not None and session.cpu != job.cpu:
-                sandbox.pin(session.container, job.cpu)
-                session.cpu = job.cpu
             run_dir = session.next_run()
             cleanup.callback(run_dir.remove)
             spec = dict(job.spec)

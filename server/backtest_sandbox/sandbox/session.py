@@ -157,7 +157,6 @@ class Session:
         self.key = key
         self.warm = warm  # whether the container came from the warm pool
         self.runs = 0
-        self.cpu: int | None = None  # the CPU its container is pinned to, if it is
         self.alive = True  # False once a run ended the container (or broke the protocol)
         self.idle_since = time.monotonic()
         self._control: FifoReader | None = None

@@ -76,13 +76,11 @@ class BarGate:
         limits: GateLimits,
         feeds: int = 1,
         spin: bool = True,
-        cpu: int | None = None,
     ) -> None:
         self._bars = bars  # one step each (`step_rows`), newline included
         self.referee = referee  # gets what is accepted as it comes; the caller finishes it
         self._limits = limits
         self._spin = spin  # whether the referee may poll for commits (pipefeed.py says why)
-        self._cpu = cpu  # the CPU the strategy side is pinned to (sandbox/cpus.py), if it is
         self._check = EventCheck(feeds)  # an order must name one of the run's feeds
         self.released = 0  # steps (bars of every feed) handed to the strategy side so far
         self.events = 0  # events committed
@@ -133,11 +131,13 @@ class BarGate:
         The referee releases the next bar before this has checked the commit: a commit that
         breaks the protocol ends the run one bar later than on the attach connection, with
         the same verdict, and none of its events replayed."""
-        self.referee.serve(bars, commits, self._bars, self._limits, self._spin, self._cpu)
+        self.referee.serve(bars, commits, self._bars, self._limits, self._spin)
         while True:
             message = self.referee.message()
             if message is None:
-                return _error(ErrorType.SANDBOX_ERROR, "the referee ended while it served the bars")
+                return _error(
+                    ErrorType.SANDBOX_ERROR, "the referee ended while it served the bars"
+                )
             kind, _, rest = message.partition(b" ")
             if kind == b"C":
                 stamp_text, _, line = rest.partition(b" ")

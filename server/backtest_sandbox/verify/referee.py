@@ -94,12 +94,10 @@ class RefereeRun:
         steps: Sequence[bytes],
         limits: GateLimits,
         spin: bool = True,
-        cpu: int | None = None,
     ) -> None:
         """Hand the referee the bar pipe's two FIFOs (runc): it serves the steps itself from
-        now on (in a small process of its own, on `cpu` if given: the strategy side's), and
-        tells of each commit, and of the end, through `message`. `spin`: whether it may poll
-        for a commit before it sleeps (not for a sweep's runs, nor on a shared CPU)."""
+        now on, and tells of each commit, and of the end, through `message`. `spin`: whether
+        it may poll for a commit before it sleeps (not for a sweep's runs)."""
         serve = {
             "bars": str(bars),
             "commits": str(commits),
@@ -107,7 +105,6 @@ class RefereeRun:
             "max_message_bytes": limits.max_message_bytes,
             "bar_seconds": limits.bar_seconds,
             "spin": spin,
-            "cpu": cpu,
         }
         self._write(b"S " + json.dumps(serve).encode() + b"\n")
 
