@@ -1,11 +1,11 @@
 """The bars a sweep's combinations share: prepared once per sweep, not once per combination.
 
 A sweep's combinations differ only in their strategy params, so each would read, validate and
-serialise the same bars again (about 0.05 s of the server's CPU each, for ten years of daily
-bars: a tenth of a verified combination's whole cost). Here the first combination of a sweep
-prepares them and the others reuse that: every combination of one sweep then also runs on the
-same bars, even if the catalog changes while the sweep runs (each result's `data.sha256` and
-cache key name the bars it used, as for any run). A run outside a sweep prepares its own.
+serialise the same bars again (about 0.02 s of the server's CPU each, for ten years of daily
+bars). Here the first combination of a sweep prepares them and the others reuse that: every
+combination of one sweep then also runs on the same bars, even if the catalog changes while
+the sweep runs (each result's `data.sha256` and cache key name the bars it used, as for any
+run). A run outside a sweep prepares its own.
 """
 
 from __future__ import annotations
