@@ -99,15 +99,9 @@ class FifoChannel:
             self._ended = True
             if not self._released:
                 os.write(self._wake_write, b"x")
-                self._hang_up()
-
-    def _hang_up(self) -> None:
-        """Make a writer come and go on commits.pipe: every reader of it then sees its end
-        once the harness's end is closed too, as when a harness exits. A harness that never
-        opened it (the run stopped before) would otherwise leave the referee waiting for it.
-        Opened through our own descriptor, since the name may be gone."""
-        with contextlib.suppress(OSError):
-            os.close(os.open(f"/proc/self/fd/{self._commits}", os.O_WRONLY | os.O_NONBLOCK))
+                # A harness that never opened commits.pipe (the run stopped before) would
+                # otherwise leave the referee waiting for it.
+                hang_up(self._commits)
 
     def release(self) -> None:
         """Close the file descriptors, once no thread reads the channel any more."""
@@ -140,6 +134,15 @@ class FifoChannel:
                     return False
                 self._buffer += chunk
                 return True
+
+
+def hang_up(fd: int) -> None:
+    """Make a writer come and go on the FIFO we read through `fd`: every reader of it then
+    sees its end once the sandbox's writers are gone too, as when a harness exits, even if the
+    harness never opened it. Opened through our own descriptor, since the name may be gone;
+    the caller makes sure `fd` is still open (a closed number may be another FIFO's now)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK))
 
 
 def _open_fifo(path: Path, flags: int) -> int:

@@ -17,7 +17,6 @@ cgroup on the host (the kernel's own count), never from inside.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import select
@@ -31,6 +30,7 @@ from docker.models.containers import Container
 from backtest_sandbox.domain.errors import SandboxError
 
 from .containers import ExitState, Sandbox
+from .fifo import hang_up
 from .logs import LogCollector
 from .rundir import RunDir
 from .supervisor import POLL_SECONDS, Observation, observe, stopped_state
@@ -110,8 +110,7 @@ class FifoReader:
     def hang_up(self) -> None:
         with self._lock:
             if not self._closed:
-                with contextlib.suppress(OSError):
-                    os.close(os.open(f"/proc/self/fd/{self._fd}", os.O_WRONLY | os.O_NONBLOCK))
+                hang_up(self._fd)
 
     def close(self) -> None:
         with self._lock:
