@@ -19,7 +19,9 @@ import pandas as pd
 import pytest
 
 from backtest_sandbox.data import catalog
-from backtest_sandbox.data.catalog import import_file, normalised_csv, prepare, read_bars
+from backtest_sandbox.data.bars_file import COLUMNS, read_bars
+from backtest_sandbox.data.catalog import import_file, prepare
+from backtest_sandbox.data.frames import normalised_csv
 from backtest_sandbox.domain.config import BacktestConfig
 from backtest_sandbox.domain.errors import DataError
 from backtest_sandbox.domain.timeframes import Timeframe
@@ -81,7 +83,7 @@ def backtrader_bars(name: str, weekly: bool = False, **dates: date) -> list[Bar]
 
 
 def our_bars(frame: pd.DataFrame) -> list[Bar]:
-    return [tuple(row) for row in frame[list(catalog.COLUMNS)].itertuples(index=False)]
+    return [tuple(row) for row in frame[list(COLUMNS)].itertuples(index=False)]
 
 
 # --- import keeps the adjusted close ----------------------------------------------------------
@@ -216,7 +218,7 @@ def test_rounding_and_ties_as_backtrader(tmp_path: Path) -> None:
 def test_the_run_gets_six_columns_either_way(imported: Path, adjust: bool) -> None:
     data = prepare(config("ORCL", extra_symbols=["NVDA"], adjust_prices=adjust), imported)
     for feed in data.feeds:
-        assert list(feed.frame.columns) == list(catalog.COLUMNS)
+        assert list(feed.frame.columns) == list(COLUMNS)
         assert feed.csv_bytes.decode().startswith(f"{SIX}\n")
         assert feed.csv_bytes == normalised_csv(feed.frame)
     steps = step_rows([feed.csv_bytes for feed in data.feeds])

@@ -12,15 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backtest_sandbox.data import catalog
-from backtest_sandbox.data.catalog import (
-    MIN_BARS,
-    can_resample,
-    import_file,
-    normalised_csv,
-    prepare,
-    read_bars,
-)
+from backtest_sandbox.data import bars_file, catalog, frames
+from backtest_sandbox.data.bars_file import read_bars
+from backtest_sandbox.data.catalog import MIN_BARS, can_resample, import_file, prepare
+from backtest_sandbox.data.frames import normalised_csv
 from backtest_sandbox.domain.config import BacktestConfig
 from backtest_sandbox.domain.errors import DataError, InvalidRequest
 from backtest_sandbox.domain.timeframes import Timeframe
@@ -157,7 +152,7 @@ def test_header_only_and_unreadable(tmp_path: Path) -> None:
 
 
 def test_refuses_files_over_the_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(bars_file, "MAX_FILE_BYTES", 100)
     with pytest.raises(DataError, match="data files of at most 100 bytes") as caught:
         read_bars(csv(tmp_path, GOOD))
     assert caught.value.details["rule"] == "max_file_bytes"
@@ -378,7 +373,7 @@ def test_can_resample(source: str, target: str, expected: bool) -> None:
 def test_the_coarsest_usable_file_is_resampled(catalog_dir: Path) -> None:
     frame, _ = read_bars(catalog_dir / "IDX" / "M5.csv")
     (catalog_dir / "IDX" / "M15.csv").write_bytes(
-        normalised_csv(catalog.resample(frame, Timeframe.M15))
+        normalised_csv(frames.resample(frame, Timeframe.M15))
     )
     data = prepare(config("IDX", "H1", "2006-01-01", "2006-01-31"), catalog_dir)
     assert data.warnings == ["IDX H1 resampled from M15 (IDX/M15.csv)"]
@@ -440,9 +435,9 @@ def test_import_refuses_bad_files_and_symbols(tmp_path: Path) -> None:
 
 def test_frames_and_dates_cut_inclusively() -> None:
     frame, _ = read_bars(SHARED_DATA / "2006-day-001.txt")
-    window = catalog.cut(frame, date(2006, 1, 3), date(2006, 1, 5))
+    window = frames.cut(frame, date(2006, 1, 3), date(2006, 1, 5))
     assert [d.day for d in window.index] == [3, 4, 5]
-    assert len(catalog.cut(frame, date(1, 1, 1), date(9999, 12, 31))) == len(frame)
+    assert len(frames.cut(frame, date(1, 1, 1), date(9999, 12, 31))) == len(frame)
 
 
 def test_extreme_config_dates_are_data_errors_not_crashes(catalog_dir: Path) -> None:

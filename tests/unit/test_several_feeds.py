@@ -11,6 +11,7 @@ name is checked against plain Backtrader given the same two aligned feeds, bit f
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import json
@@ -27,7 +28,8 @@ import pandas as pd
 import pytest
 
 from backtest_sandbox.data import alignment, catalog
-from backtest_sandbox.data.catalog import MIN_BARS, normalised_csv, prepare
+from backtest_sandbox.data.catalog import MIN_BARS, prepare
+from backtest_sandbox.data.frames import normalised_csv
 from backtest_sandbox.domain.config import BacktestConfig
 from backtest_sandbox.domain.errors import DataError
 from backtest_sandbox.verify.gate import BarGate, step_rows
@@ -136,7 +138,7 @@ def test_extra_symbols_are_aligned_on_the_timestamps_every_feed_has(catalog_dir:
         assert (feed.frame.to_numpy() == expected.to_numpy()).all()
         assert (
             feed.bars == len(common)
-            and feed.sha256 == catalog.hashlib.sha256(normalised_csv(feed.frame)).hexdigest()
+            and feed.sha256 == hashlib.sha256(normalised_csv(feed.frame)).hexdigest()
         )
     assert data.warnings == [
         f"extra_symbols: the feeds are aligned on the timestamps they all have ({len(common)} "

@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backtest_sandbox.data.catalog import normalised_csv, prepare, read_bars
+from backtest_sandbox.data.bars_file import read_bars
+from backtest_sandbox.data.catalog import prepare
+from backtest_sandbox.data.frames import normalised_csv
 from backtest_sandbox.data.synthetic import MAX_BARS, seed_for, session_slots, synthetic_bars
 from backtest_sandbox.domain.config import BacktestConfig
 from backtest_sandbox.domain.errors import DataError

@@ -1,4 +1,4 @@
-"""The market data catalog: find, read, validate, resample, cut and hash the bars for a run.
+"""The market data catalog: find the bars for a run, and prepare and hash them.
 
 Runs on the host (the trusted side). The sandbox never reads the catalog: it gets the
 normalised CSV (`PreparedData.csv_bytes`) as `/job/data.csv` (runner_image/PROTOCOL.md).
@@ -7,44 +7,20 @@ Layout: `<data_dir>/<SYMBOL>/<TIMEFRAME name>.csv` or `.parquet`, e.g. `ORCL/D1.
 symbol directory and the file name are matched exactly first, then ignoring letter case.
 When both a `.csv` and a `.parquet` exist, the `.csv` wins (it is what `import_file` writes).
 
-Reading a file (CSV or Parquet, at most MAX_FILE_BYTES):
-
-- Column names in any letter case, surrounding spaces and MT5-style `<...>` ignored.
-- Time: a `datetime` column, or a `date` column (date or date and time), or `date` plus
-  `time`. ISO 8601 is parsed strictly; any other format is inferred by pandas from the first
-  value (month first when ambiguous, so prefer ISO dates). Time zones are dropped, keeping
-  the wall-clock time. Timestamps are a bar's start, in whole seconds.
-- `open`, `high`, `low`, `close` are required. `volume` is required by the contract but a
-  file without it is accepted with volume 0 and a warning. An adjusted close (`Adj Close`,
-  `adj_close` or `adjclose`, as Yahoo's files have) is kept as `adj_close`, validated as the
-  prices are. Other columns are ignored.
-- CSV: the separator is `,`, `;` or a tab, whichever the header line has most of; UTF-8,
-  with or without a BOM. A line whose used cells are all empty (a blank line) is skipped.
-
-Validation: each failure is a `DataError` whose message names the file, the place and the
-rule, e.g. `ORCL/D1.csv line 13 (data row 12): high 1.5 is below max(open, close) = 2.0`.
-Places: in a CSV, `line N` is the physical line (the header is line 1) and `data row M`
-the 1-based data row (header and blank lines not counted); in a Parquet file, `row M` is
-the 1-based row. `details` carry file, row, line (CSV only) and rule. Rules, in the order
-checked: required columns present; at least one data row; timestamps parse and are whole
-seconds; OHLC(V) and adj_close present, numeric and finite; prices and adj_close > 0;
-high >= max(open, close); low <= min(open, close); volume >= 0; timestamps strictly
-ascending (sorted, unique). A run also needs MIN_BARS bars in its date range.
+Reading and validating a file (CSV or Parquet): bars_file.py says how, and which rule each
+`DataError` names. A run also needs MIN_BARS bars in its date range.
 
 Adjusting (`config.adjust_prices`): each bar is adjusted by its adjusted close exactly as
 backtrader's `YahooFinanceCSVData` does with its defaults (`yahoo_adjusted`), before any
 resampling; a file without adjusted closes is then a data_error. Without the flag the bars
 are as the file has them. Either way `adj_close` stops here: the run's bars, and so the
-sandbox's data.csv, have only the six columns below.
+sandbox's data.csv, have only the six columns of the normalised CSV (frames.py).
 
 Resampling: when a run's timeframe has no file but a finer one does, the coarsest finer file
 that builds it exactly is resampled (a warning says so): intraday targets from timeframes
 that divide them (H1 from M5, M20 or M30; H4 not from H3), D1 from intraday, W1 from D1 or
-intraday, MN1 from D1 or intraday (not W1: weeks straddle months). Bars are
-open=first, high=max, low=min, close=last, volume=sum; a bin is left-closed and labelled
-with its start: intraday bins are multiples of the timeframe from midnight, D1 the calendar
-day, W1 the calendar week labelled on its Monday, MN1 the calendar month labelled on its
-first day; bins with no bars are dropped (no filled gaps).
+intraday, MN1 from D1 or intraday (not W1: weeks straddle months). How the bins are made:
+frames.py.
 
 Cutting: bars with start_date <= bar date <= end_date; end_date includes the whole day for
 intraday bars. Resampled bins are cut by their label, so a W1 or MN1 bar is complete and
@@ -54,14 +30,11 @@ Several feeds (`extra_symbols`) and a benchmark: each extra symbol is prepared a
 is (same timeframe, range and data_source rules), then all feeds are cut to the timestamps
 they all have; the benchmark is always read from a file (its bars in the range and the last
 one before it) and is valued at the run's bars by its last close at or before each
-(alignment.py). `prepare` does all of it; `prepare_symbol` is one
-symbol alone.
+(alignment.py). `prepare` does all of it; `prepare_symbol` is one symbol alone.
 
-The normalised CSV (PROTOCOL.md): header `datetime,open,high,low,close,volume`, timestamps
-`YYYY-MM-DDTHH:MM:SS`, floats as Python's `repr` (the shortest text that round-trips),
-`\\n` line ends. Its SHA-256 is the data's content hash (results and the cache key). A
-catalog file written by `import_file` is that form, with a last column `adj_close` when the
-source had an adjusted close.
+What the sandbox gets is the normalised CSV (frames.py); its SHA-256 is the data's content
+hash (results and the cache key). A catalog file written by `import_file` is that form, with a
+last column `adj_close` when the source had an adjusted close.
 """
 
 from __future__ import annotations
@@ -70,15 +43,13 @@ import hashlib
 import logging
 import os
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 
 from backtest_sandbox.domain.config import SYMBOL_PATTERN, BacktestConfig
@@ -87,31 +58,27 @@ from backtest_sandbox.domain.models import DataInfo, FeedInfo
 from backtest_sandbox.domain.timeframes import Timeframe
 
 from . import alignment
+from .bars_file import ADJ_CLOSE, PRICES, iso, read_bars
+from .frames import (
+    YAHOO_PRICE_DECIMALS,
+    catalog_csv,
+    clamp_day,
+    cut,
+    normalised_csv,
+    resample,
+    yahoo_adjusted,
+)
 from .synthetic import synthetic_bars
 
 log = logging.getLogger(__name__)
 
 MIN_BARS = 10  # fewer bars cannot warm up even a short moving average
-MAX_FILE_BYTES = 512 * 1024 * 1024  # refuse to load anything bigger into the host's memory
 SUFFIXES = (".csv", ".parquet")  # in order of preference
-COLUMNS = ("open", "high", "low", "close", "volume")
-PRICES = ("open", "high", "low", "close")
-ADJ_CLOSE = "adj_close"  # optional: the adjusted close of Yahoo-style files
-# How an adjusted close column may be named, as `_pick_columns` sees names (lower case).
-ADJ_CLOSE_NAMES = ("adj close", "adj_close", "adjclose")
 ADJUST_FIELD = "config.adjust_prices"
-# backtrader's YahooFinanceCSVData defaults: prices rounded to `decimals` (2) after adjusting,
-# volume to `roundvolume` (False, i.e. 0) decimals.
-YAHOO_PRICE_DECIMALS, YAHOO_VOLUME_DECIMALS = 2, 0
-ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
 # Resampling reads this far past end_date, so that the last W1/MN1 bin in range is complete.
 RESAMPLE_MARGIN = timedelta(days=32)
-INDEX_FIRST_DAY, INDEX_LAST_DAY = date(1678, 1, 1), date(2261, 12, 31)
 
 Source = Literal["file", "synthetic"]
-BoolArray = npt.NDArray[np.bool_]
-FloatArray = npt.NDArray[np.float64]
-_Column = FloatArray | pd.Series | pd.DatetimeIndex  # where a message's cell values come from
 
 
 @dataclass(frozen=True)
@@ -162,310 +129,7 @@ class PreparedData:
         )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _Table:
-    """A file's rows as read, before validation; `lines` maps rows to CSV lines."""
-
-    rows: pd.DataFrame  # canonical column names; timestamp columns as read
-    name: str
-    lines: npt.NDArray[np.int64] | None  # None for Parquet
-
-    def where(self, position: int) -> tuple[str, dict[str, int]]:
-        row = position + 1
-        if self.lines is None:
-            return f"row {row}", {"row": row}
-        line = int(self.lines[position])
-        return f"line {line} (data row {row})", {"row": row, "line": line}
-
-
-# --- reading ----------------------------------------------------------------------------
-
-
-def read_bars(path: Path, *, name: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Read and validate a whole CSV or Parquet bar file.
-
-    Returns the bars (indexed by `datetime`, float columns open high low close volume, and
-    adj_close when the file has an adjusted close) and warnings (e.g. a missing volume
-    column). `name` is how messages call the file.
-
-    Raises:
-        DataError: the file is missing, too big, unreadable, or breaks a rule (the message
-            names the file, the line or row, and the rule).
-    """
-    name = name or str(path)
-    _check_size(path, name)
-    is_parquet = path.suffix.lower() == ".parquet"
-    return _validate(_read_parquet(path, name) if is_parquet else _read_csv(path, name))
-
-
-def _check_size(path: Path, name: str) -> None:
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise DataError(f"{name}: cannot open: {e.strerror}", file=name, rule="readable") from e
-    if not path.is_file():
-        raise DataError(f"{name}: not a regular file", file=name, rule="readable")
-    if size > MAX_FILE_BYTES:
-        raise DataError(
-            f"{name}: {size:,} bytes; data files of at most {MAX_FILE_BYTES:,} bytes are read",
-            file=name,
-            rule="max_file_bytes",
-        )
-
-
-def _sniff_separator(path: Path) -> str:
-    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
-        header = handle.readline(65536)
-    return max((",", ";", "\t"), key=header.count)
-
-
-def _read_csv(path: Path, name: str) -> _Table:
-    try:
-        sep = _sniff_separator(path)
-        header = pd.read_csv(path, sep=sep, nrows=0, encoding="utf-8-sig")
-        columns = _pick_columns([str(c) for c in header.columns], name)
-        text_columns = {columns[c]: str for c in ("datetime", "date", "time") if c in columns}
-        rows = pd.read_csv(
-            path,
-            sep=sep,
-            usecols=list(columns.values()),
-            dtype=text_columns,
-            encoding="utf-8-sig",
-            index_col=False,
-            skip_blank_lines=False,  # keep blank lines as rows, so row i is line i + 2
-        )
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{name}: cannot read as CSV: {e}", file=name, rule="readable") from e
-    rows = rows.rename(columns={actual: key for key, actual in columns.items()})
-    lines = np.arange(2, len(rows) + 2, dtype=np.int64)
-    blank = rows.isna().all(axis=1).to_numpy()
-    if blank.any():
-        rows, lines = rows.loc[~blank].reset_index(drop=True), lines[~blank]
-    return _Table(rows, name, lines)
-
-
-def _read_parquet(path: Path, name: str) -> _Table:
-    try:
-        rows = pd.read_parquet(path)
-    except (ValueError, OSError, NotImplementedError) as e:
-        raise DataError(f"{name}: cannot read as Parquet: {e}", file=name, rule="readable") from e
-    if isinstance(rows.index, pd.DatetimeIndex) or rows.index.name is not None:
-        rows = rows.reset_index()  # a frame saved with its datetime index
-    columns = _pick_columns([str(c) for c in rows.columns], name)
-    rows.columns = pd.Index([str(c) for c in rows.columns])
-    rows = rows[list(columns.values())].rename(
-        columns={actual: key for key, actual in columns.items()}
-    )
-    return _Table(rows.reset_index(drop=True), name, None)
-
-
-def _pick_columns(names: list[str], name: str) -> dict[str, str]:
-    """Canonical column -> the file's column, for the columns this catalog uses.
-
-    Raises:
-        DataError: a required column is missing, or two columns differ only in case.
-    """
-    found: dict[str, list[str]] = {}
-    for actual in names:
-        found.setdefault(actual.strip().strip("<>").strip().lower(), []).append(actual)
-    time_keys = ["datetime"] if "datetime" in found else ["date", "time"]
-    wanted = [k for k in (*time_keys, *COLUMNS) if k in found]
-    for key in wanted:
-        if len(found[key]) > 1:
-            raise DataError(
-                f"{name}: columns {found[key]} are the same name in different case",
-                file=name,
-                rule="columns",
-            )
-    missing = [k for k in PRICES if k not in found]
-    if "datetime" not in found and "date" not in found:
-        missing.insert(0, "date (or datetime)")
-    if missing:
-        raise DataError(
-            f"{name}: missing column(s) {', '.join(missing)}; the header has {names}; "
-            "needed: date (or datetime, or date and time), open, high, low, close, volume, "
-            "in any letter case",
-            file=name,
-            rule="columns",
-        )
-    picked = {key: found[key][0] for key in wanted}
-    adjusted = [actual for alias in ADJ_CLOSE_NAMES for actual in found.get(alias, [])]
-    if len(adjusted) > 1:
-        raise DataError(
-            f"{name}: columns {adjusted} are each an adjusted close; keep one",
-            file=name,
-            rule="columns",
-        )
-    if adjusted:
-        picked[ADJ_CLOSE] = adjusted[0]
-    return picked
-
-
-# --- validation ---------------------------------------------------------------------------
-
-
-def _value(values: _Column, position: int) -> object:
-    """One cell, printable: a Python float (repr round-trips), an ISO timestamp, or the text."""
-    if isinstance(values, pd.DatetimeIndex):
-        return _iso(values[position])
-    if isinstance(values, pd.Series):
-        return values.iloc[position]
-    return values[position].item()
-
-
-def _fail(table: _Table, bad: BoolArray, rule: str, template: str, **cells: _Column) -> None:
-    """Raise for the first row where `bad` is True; `template` is filled with its cells.
-
-    Raises:
-        DataError: when any row is bad, naming the file, the line/row and the rule.
-    """
-    positions = np.flatnonzero(bad)
-    if positions.size == 0:
-        return
-    first = int(positions[0])
-    where, place = table.where(first)
-    text = template.format(**{key: _value(values, first) for key, values in cells.items()})
-    more = f" ({positions.size} rows break this rule)" if positions.size > 1 else ""
-    raise DataError(f"{table.name} {where}: {text}{more}", file=table.name, rule=rule, **place)
-
-
-def _parse_times(text: pd.Series, raw: pd.Series, name: str) -> pd.Series:
-    """Strict ISO 8601 first; else let pandas infer the format from the first value.
-
-    Raises:
-        DataError: pandas refuses the column as a whole (e.g. mixed time zones).
-    """
-    try:
-        with warnings.catch_warnings():
-            # pandas warns when it falls back to parsing element by element.
-            warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-            if parsed.isna().all() and raw.notna().any():
-                parsed = pd.to_datetime(text, errors="coerce")
-        if parsed.dt.tz is not None:
-            parsed = parsed.dt.tz_localize(None)  # keep the wall-clock time the file shows
-        return parsed
-    except (ValueError, TypeError) as e:
-        raise DataError(f"{name}: cannot parse timestamps: {e}", file=name, rule="timestamp") from e
-
-
-def _timestamps(table: _Table) -> pd.DatetimeIndex:
-    """Parse the time column(s) into a naive, whole-second, ns DatetimeIndex.
-
-    Raises:
-        DataError: an empty or unparsable timestamp, a fraction of a second, mixed zones.
-    """
-    rows = table.rows
-    raw = rows["datetime"] if "datetime" in rows else rows["date"]
-    text = raw if raw.dtype.kind == "M" else raw.astype("str")
-    if "time" in rows and "datetime" not in rows:
-        text = raw.astype("str") + " " + rows["time"].astype("str")
-        raw = raw.where(rows["time"].notna())  # either part empty is an empty timestamp
-    parsed = _parse_times(text, raw, table.name)
-    _fail(table, raw.isna().to_numpy(), "timestamp", "the timestamp is empty")
-    _fail(table, parsed.isna().to_numpy(), "timestamp", "cannot parse timestamp {t!r}", t=text)
-    try:
-        index = pd.DatetimeIndex(parsed).as_unit("ns")
-    except (ValueError, OverflowError) as e:
-        raise DataError(
-            f"{table.name}: timestamp out of range: {e}", file=table.name, rule="timestamp"
-        ) from e
-    _fail(
-        table,
-        np.asarray(index != index.floor("s")),
-        "timestamp",
-        "timestamp {t} has a fraction of a second; whole seconds only",
-        t=pd.Series(index.astype(str)),
-    )
-    return index.rename("datetime")
-
-
-def _number_column(table: _Table, column: str) -> FloatArray:
-    """A column as float64.
-
-    Raises:
-        DataError: a cell is empty, not a number, or not finite.
-    """
-    raw = table.rows[column]
-    numbers = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    _fail(table, raw.isna().to_numpy(), "not_empty", f"{column} is empty or NaN")
-    _fail(table, np.isnan(numbers), "numeric", f"{column} is not a number: {{x!r}}", x=raw)
-    _fail(table, ~np.isfinite(numbers), "finite", f"{column} is not finite: {{x}}", x=numbers)
-    return numbers + 0.0  # turns -0.0 into 0.0, so that the normalised text is canonical
-
-
-def _check_prices(table: _Table, v: dict[str, FloatArray]) -> None:
-    """Raises: DataError: a price <= 0, a high or low inside the body, a negative volume."""
-    for column in (*PRICES, ADJ_CLOSE):
-        if column in v:  # adj_close is optional
-            _fail(
-                table, v[column] <= 0, "positive", f"{column} must be > 0, got {{x}}", x=v[column]
-            )
-    top = np.maximum(v["open"], v["close"])
-    bottom = np.minimum(v["open"], v["close"])
-    _fail(
-        table,
-        v["high"] < top,
-        "high_ge_open_close",
-        "high {h} is below max(open, close) = {t}; need high >= max(open, close)",
-        h=v["high"],
-        t=top,
-    )
-    _fail(
-        table,
-        v["low"] > bottom,
-        "low_le_open_close",
-        "low {low} is above min(open, close) = {b}; need low <= min(open, close)",
-        low=v["low"],
-        b=bottom,
-    )
-    _fail(
-        table, v["volume"] < 0, "volume_non_negative", "volume must be >= 0, got {x}", x=v["volume"]
-    )
-
-
-def _check_order(table: _Table, index: pd.DatetimeIndex) -> None:
-    """Raises: DataError: a timestamp is not after the one on the previous row."""
-    step = np.diff(index.asi8)
-    previous = index[np.r_[0, np.arange(len(index) - 1)]]
-    _fail(
-        table,
-        np.r_[False, step < 0],
-        "sorted",
-        "timestamp {t} is earlier than the previous row's {p}; rows must be sorted ascending",
-        t=index,
-        p=previous,
-    )
-    _fail(
-        table,
-        np.r_[False, step == 0],
-        "unique",
-        "duplicate timestamp {t} (the previous row has it too); timestamps must be unique",
-        t=index,
-    )
-
-
-def _validate(table: _Table) -> tuple[pd.DataFrame, list[str]]:
-    """Raises: DataError: the first rule (in the module's order) that a row breaks."""
-    if table.rows.empty:
-        raise DataError(f"{table.name}: no data rows", file=table.name, rule="not_empty")
-    index = _timestamps(table)
-    notes: list[str] = []
-    values: dict[str, FloatArray] = {}
-    for column in COLUMNS:
-        if column in table.rows:
-            values[column] = _number_column(table, column)
-        else:  # only volume can be missing: _pick_columns demands the prices
-            values[column] = np.zeros(len(table.rows))
-            notes.append(f"{table.name}: no volume column; volume set to 0")
-    if ADJ_CLOSE in table.rows:
-        values[ADJ_CLOSE] = _number_column(table, ADJ_CLOSE)
-    _check_prices(table, values)
-    _check_order(table, index)
-    return pd.DataFrame(values, index=index), notes
-
-
-# --- locating, resampling, cutting -------------------------------------------------------
+# --- locating ------------------------------------------------------------------------------
 
 
 def _symbol_dir(data_dir: Path, symbol: str) -> Path | None:
@@ -551,102 +215,7 @@ def locate(data_dir: Path, symbol: str, timeframe: Timeframe) -> tuple[Path, Tim
     return None
 
 
-def _bin_labels(index: pd.DatetimeIndex, timeframe: Timeframe) -> pd.DatetimeIndex:
-    """Each bar's bin, labelled by the bin's start (left-closed)."""
-    if timeframe is Timeframe.MN1:
-        return index.normalize() - pd.to_timedelta(index.day - 1, unit="D")
-    if timeframe is Timeframe.W1:
-        return index.normalize() - pd.to_timedelta(index.day_of_week, unit="D")
-    if timeframe is Timeframe.D1:
-        return index.normalize()
-    # floor() counts from the Unix epoch, a midnight; every MT5 intraday length divides a
-    # day, so the bins start at midnight of every day.
-    return index.floor(f"{timeframe.minutes}min")
-
-
-def resample(frame: pd.DataFrame, timeframe: Timeframe) -> pd.DataFrame:
-    """Bars of `timeframe` from finer bars: first/max/min/last/sum, empty bins dropped."""
-    labels = _bin_labels(pd.DatetimeIndex(frame.index), timeframe).rename("datetime")
-    out = frame.groupby(labels, sort=True).agg(
-        open=("open", "first"),
-        high=("high", "max"),
-        low=("low", "min"),
-        close=("close", "last"),
-        volume=("volume", "sum"),
-    )
-    out.index = pd.DatetimeIndex(out.index).as_unit("ns").rename("datetime")
-    return out.astype("float64")
-
-
-def _clamp(day: date) -> date:
-    """A config date may be any year; a nanosecond index holds 1677 to 2262 only."""
-    return min(max(day, INDEX_FIRST_DAY), INDEX_LAST_DAY)
-
-
-def cut(frame: pd.DataFrame, start: date, end: date, *, lead: int = 0) -> pd.DataFrame:
-    """A copy of the bars with start <= bar date <= end (the whole of `end` for intraday),
-    and the `lead` bars before start when there are."""
-    index = pd.DatetimeIndex(frame.index)
-    lo = max(0, index.searchsorted(pd.Timestamp(_clamp(start)), side="left") - lead)
-    hi = index.searchsorted(pd.Timestamp(_clamp(end) + timedelta(days=1)), side="left")
-    # A copy, so that a run's bars do not keep a whole (possibly huge) file alive.
-    return frame.iloc[lo:hi].copy()
-
-
-# --- the normalised CSV ----------------------------------------------------------------------
-
-
-def _iso(stamp: pd.Timestamp) -> str:
-    return stamp.strftime(ISO_SECONDS)
-
-
-def normalised_csv(frame: pd.DataFrame) -> bytes:
-    """The frame as PROTOCOL.md's data.csv; equal frames give equal bytes. Only its six
-    columns: an `adj_close` of the frame is left out (it never reaches the sandbox)."""
-    return _csv(frame, COLUMNS)
-
-
-def catalog_csv(frame: pd.DataFrame) -> bytes:
-    """What `import_file` writes: `normalised_csv`, with `adj_close` last when the frame has
-    it (the file then reads back with it, for `config.adjust_prices`)."""
-    return _csv(frame, (*COLUMNS, ADJ_CLOSE) if ADJ_CLOSE in frame else COLUMNS)
-
-
-def _csv(frame: pd.DataFrame, names: tuple[str, ...]) -> bytes:
-    stamps = pd.DatetimeIndex(frame.index).to_numpy().astype("datetime64[s]").astype(str)
-    # repr() of a Python float is the shortest text that reads back as the same float.
-    columns = [map(repr, frame[c].to_numpy(dtype="float64").tolist()) for c in names]
-    header = ",".join(("datetime", *names))
-    lines = [header, *map(",".join, zip(stamps.tolist(), *columns, strict=True))]
-    return ("\n".join(lines) + "\n").encode("ascii")
-
-
-# --- adjusted prices ---------------------------------------------------------------------
-
-
-def _rounded(values: FloatArray, decimals: int) -> FloatArray:
-    # Python's round (correctly rounded, half to even on the exact value), as backtrader
-    # rounds; numpy's round scales by 10**decimals first and differs on some values.
-    return np.array([round(x, decimals) for x in values.tolist()], dtype="float64")
-
-
-def yahoo_adjusted(frame: pd.DataFrame) -> pd.DataFrame:
-    """The bars adjusted by their `adj_close` exactly as backtrader's YahooFinanceCSVData
-    `_loadline` does with its defaults (adjclose, adjvolume, round with decimals=2,
-    roundvolume=False): factor = close / adj_close; open, high and low divided by it, close
-    = adj_close, the four rounded to 2 decimals; volume multiplied by it, rounded to whole
-    units. Same float operations in the same order, so the bars equal that feed's bit for bit.
-    Returns the six normalised columns (no adj_close)."""
-    v = {column: frame[column].to_numpy(dtype="float64") for column in (*COLUMNS, ADJ_CLOSE)}
-    factor = v["close"] / v[ADJ_CLOSE]
-    bars = {
-        "open": _rounded(v["open"] / factor, YAHOO_PRICE_DECIMALS),
-        "high": _rounded(v["high"] / factor, YAHOO_PRICE_DECIMALS),
-        "low": _rounded(v["low"] / factor, YAHOO_PRICE_DECIMALS),
-        "close": _rounded(v[ADJ_CLOSE], YAHOO_PRICE_DECIMALS),
-        "volume": _rounded(v["volume"] * factor, YAHOO_VOLUME_DECIMALS),
-    }
-    return pd.DataFrame(bars, index=frame.index)
+# --- the bars a run sees -----------------------------------------------------------------
 
 
 def _check_adjustable(frame: pd.DataFrame, config: BacktestConfig, name: str) -> None:
@@ -675,7 +244,7 @@ def _as_run_sees(frame: pd.DataFrame, config: BacktestConfig, name: str) -> pd.D
     adjusted = yahoo_adjusted(frame)
     zero = (adjusted[list(PRICES)] <= 0).any(axis=1).to_numpy()
     if zero.any():
-        first = _iso(pd.DatetimeIndex(adjusted.index)[int(np.flatnonzero(zero)[0])])
+        first = iso(pd.DatetimeIndex(adjusted.index)[int(np.flatnonzero(zero)[0])])
         raise DataError(
             f"{ADJUST_FIELD}: {name} bar {first}: a price adjusted by its adjusted close and "
             f"rounded to {YAHOO_PRICE_DECIMALS} decimals is 0 ({int(zero.sum())} bars); "
@@ -737,7 +306,7 @@ def _describe(path: Path, symbol: str, timeframe: str, data_dir: Path) -> Datase
         log.warning("catalog file left out of the listing: %s", e)
         return None
     index = pd.DatetimeIndex(frame.index)
-    return Dataset(symbol, timeframe, _iso(index[0]), _iso(index[-1]), len(frame))
+    return Dataset(symbol, timeframe, iso(index[0]), iso(index[-1]), len(frame))
 
 
 # --- runs and imports ----------------------------------------------------------------------
@@ -808,8 +377,8 @@ def _with_frame(data: PreparedData, frame: pd.DataFrame) -> PreparedData:
         data,
         frame=frame,
         bars=len(frame),
-        first=_iso(index[0]),
-        last=_iso(index[-1]),
+        first=iso(index[0]),
+        last=iso(index[-1]),
         csv_bytes=csv_bytes,
         sha256=hashlib.sha256(csv_bytes).hexdigest(),
     )
@@ -836,8 +405,8 @@ def _from_file(
     resampled = source_timeframe is not config.timeframe
     if resampled:
         # A lead bar is a whole bin before the range: start the window a bin earlier.
-        first = _clamp(config.start_date) - (RESAMPLE_MARGIN if lead else timedelta(0))
-        window = cut(whole, first, _clamp(config.end_date) + RESAMPLE_MARGIN)
+        first = clamp_day(config.start_date) - (RESAMPLE_MARGIN if lead else timedelta(0))
+        window = cut(whole, first, clamp_day(config.end_date) + RESAMPLE_MARGIN)
         # Adjusted before resampling, bar by bar, as a resampled Yahoo feed is.
         frame = resample(_as_run_sees(window, config, name), config.timeframe)
         notes.append(
@@ -846,7 +415,7 @@ def _from_file(
         )
     index = pd.DatetimeIndex(whole.index)
     in_range = cut(frame, config.start_date, config.end_date)
-    _enough(in_range, config, name, f"{name} holds {_iso(index[0])} to {_iso(index[-1])}")
+    _enough(in_range, config, name, f"{name} holds {iso(index[0])} to {iso(index[-1])}")
     if lead:
         in_range = cut(frame, config.start_date, config.end_date, lead=lead)
     if not resampled:  # adjusting bar by bar commutes with the cut: adjust only these
