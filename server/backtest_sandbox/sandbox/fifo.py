@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from .logs import HeadTail
-from .stdio import LineTooLong
+from .stdio import take_line
 
 READ_BYTES = 64 * 1024
 
@@ -74,16 +74,12 @@ class FifoChannel:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            end = self._buffer.find(b"\n", 0, cap + 1)
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
+            line = take_line(self._buffer, cap)
+            if line is not None:
                 for name in self._names:
                     name.unlink(missing_ok=True)
                 self._names = ()
                 return line
-            if len(self._buffer) > cap:
-                raise LineTooLong(f"a message of more than {cap} bytes")
             if self._ended or not self._receive(deadline):
                 return None
 

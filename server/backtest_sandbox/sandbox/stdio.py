@@ -25,6 +25,23 @@ class LineTooLong(ValueError):
     """The container sent more than the cap without a newline."""
 
 
+def take_line(buffer: bytearray, cap: int) -> bytes | None:
+    """The first whole line in `buffer`, without its newline, taken out of it; None until
+    one has come. Both channels of the bar pipe read their lines with it.
+
+    Raises:
+        LineTooLong: more than `cap` bytes came without a newline.
+    """
+    end = buffer.find(b"\n", 0, cap + 1)
+    if end >= 0:
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        return line
+    if len(buffer) > cap:
+        raise LineTooLong(f"a message of more than {cap} bytes")
+    return None
+
+
 class StdioChannel:
     """Lines from the container's stdout, bytes to its stdin, its stderr kept as logs."""
 
@@ -58,13 +75,9 @@ class StdioChannel:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            end = self._stdout.find(b"\n", 0, cap + 1)
-            if end >= 0:
-                line = bytes(self._stdout[:end])
-                del self._stdout[: end + 1]
+            line = take_line(self._stdout, cap)
+            if line is not None:
                 return line
-            if len(self._stdout) > cap:
-                raise LineTooLong(f"a message of more than {cap} bytes")
             if self._ended:
                 return None
             self._receive(deadline)
