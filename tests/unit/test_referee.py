@@ -998,7 +998,7 @@ def test_closing_the_channel_ends_a_referee_whose_harness_never_opened_the_pipe(
     try:
         with pytest.raises(AssertionError, match="still talking"):
             talk.result(1.0)  # the referee waits for a harness that never comes
-        # Its bar server holds the FIFO by now (on a loaded machine it may take a while): a
+        # The referee holds the FIFO by now (on a loaded machine it may take a while): a
         # hang-up before it opened would be no end for it, and the case is the one after.
         deadline = time.monotonic() + 10
         while not held_by_another(commits) and time.monotonic() < deadline:
